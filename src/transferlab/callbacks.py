@@ -1,0 +1,64 @@
+"""Callbacks and logging helpers shared by all tasks (thin wrappers over Lightning's own)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
+from pytorch_lightning.utilities import rank_zero_only
+
+from transferlab import __version__
+
+
+def log_figure(module: pl.LightningModule, tag: str, figure: Any) -> None:
+    """Send a matplotlib figure to every logger that takes figures (TensorBoard), on rank zero only."""
+    import matplotlib.pyplot as plt
+
+    if module.trainer.is_global_zero:
+        for logger in module.loggers:
+            add_figure = getattr(logger.experiment, "add_figure", None)
+            if add_figure is not None:
+                add_figure(tag, figure, global_step=module.global_step)
+    plt.close(figure)
+
+
+class LearningRateMonitor(_LearningRateMonitor):
+    """Lightning's LR monitor, but silently idle when the run has no logger (``logger=none``)."""
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class RunConfigInCheckpoint(pl.Callback):
+    """Store the run's resolved config (plain containers) in every checkpoint.
+
+    `tl-eval` and transfer from a checkpoint read it back: which task class, which data, which backbone.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["transferlab"] = {"config": self.config, "version": __version__}
+
+
+@rank_zero_only
+def log_hyperparameters(trainer: pl.Trainer, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Log the resolved run config once, with final metrics, so TensorBoard's HPARAMS tab compares runs."""
+    for logger in trainer.loggers:
+        if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+            logger.log_hyperparams(params, metrics=metrics)
+        else:
+            logger.log_hyperparams(params)
+        logger.save()

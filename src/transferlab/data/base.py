@@ -1,0 +1,183 @@
+"""What every classification datamodule shares: splits, few-shot sampling, transforms, loaders.
+
+A subclass only says where its official ``train`` and ``test`` splits come from (`load_split`). This base
+carves a seeded validation set out of ``train`` (the test split is never touched for model selection),
+optionally keeps ``examples_per_class`` training images per class, applies the augmentation preset to
+training images only, and splits the global batch size across devices.
+
+Images leave the datamodule as uint8 tensors (C, H, W); tasks convert and normalise them on the device,
+which keeps host work and host→device traffic at a quarter of float32.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from transferlab.utils.errors import UserError
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TensorImageDataset(Dataset):
+    """Images already in memory as one uint8 tensor (N, C, H, W); per-sample transform on access."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]) -> None:
+        self.images, self.targets, self.classes = images, targets, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+
+class Transformed(Dataset):
+    """A view of `dataset` (optionally restricted to `indices`) with `transform` applied to each image."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Transform | None) -> None:
+        self.dataset = dataset if indices is None else Subset(dataset, list(indices))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, target = self.dataset[index]
+        return (self.transform(image) if self.transform else image), target
+
+
+def targets_of(dataset: Dataset) -> torch.Tensor:
+    """Class index of every sample, without decoding images (datasets expose ``targets``)."""
+    return torch.as_tensor(dataset.targets)  # type: ignore[attr-defined]
+
+
+def split_train_val(num: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded random split of ``range(num)``; the same seed always gives the same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    order = torch.randperm(num, generator=torch.Generator().manual_seed(seed)).tolist()
+    num_val = max(1, round(num * val_fraction))
+    return sorted(order[num_val:]), sorted(order[:num_val])
+
+
+def few_shot(indices: list[int], targets: torch.Tensor, per_class: int, seed: int) -> list[int]:
+    """Keep `per_class` seeded random examples of each class among `indices` (BiT's few-shot protocol)."""
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.as_tensor(indices)
+    kept: list[int] = []
+    for cls in targets[pool].unique().tolist():
+        members = pool[targets[pool] == cls]
+        if len(members) < per_class:
+            raise UserError(
+                f"class {cls} has only {len(members)} training images, fewer than "
+                f"data.examples_per_class={per_class}. Lower examples_per_class or val_fraction"
+            )
+        kept += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
+    return sorted(kept)
+
+
+class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
+    """Base for image-classification datamodules; subclasses implement `load_split`."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        examples_per_class: int | None = None,
+        image_size: int = 32,
+        augment: Transform | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
+        if examples_per_class is not None and examples_per_class < 1:
+            raise UserError(f"data.examples_per_class must be >= 1 or null, got {examples_per_class}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.examples_per_class = examples_per_class
+        self.image_size = image_size
+        self.augment = augment
+        self.classes: list[str] = []
+        self._splits: dict[str, Dataset] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------------
+    @abc.abstractmethod
+    def load_split(self, split: str) -> Dataset:
+        """The official ``train`` or ``test`` split: uint8 (C, H, W) images, with ``targets`` and ``classes``."""
+
+    def eval_transform(self) -> Transform | None:
+        """Deterministic preprocessing for validation/test images (none for fixed-size in-memory data)."""
+        return None
+
+    def train_transform(self) -> Transform | None:
+        return self.augment
+
+    # -- shared machinery --------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def task_args(self) -> dict[str, Any]:
+        """Constructor arguments a task derives from the data (never hard-coded in a model config)."""
+        self.setup("fit")
+        return {"num_classes": self.num_classes, "class_names": list(self.classes)}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        train, test = self.load_split("train"), self.load_split("test")
+        self.classes = list(train.classes)  # type: ignore[attr-defined]
+        if list(test.classes) != self.classes:  # type: ignore[attr-defined]
+            raise UserError(f"train and test splits have different classes: {self.classes} vs {test.classes}")
+        train_idx, val_idx = split_train_val(len(train), self.val_fraction, self.split_seed)  # type: ignore
+        if self.examples_per_class:
+            train_idx = few_shot(train_idx, targets_of(train), self.examples_per_class, self.split_seed)
+        self._splits = {
+            "train": Transformed(train, train_idx, self.train_transform()),
+            "val": Transformed(train, val_idx, self.eval_transform()),
+            "test": Transformed(test, None, self.eval_transform()),
+        }
+
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise UserError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly across "
+                f"{world} devices. Use a multiple of {world}"
+            )
+        return self.batch_size // world
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self._splits[split]
+        batch_size = self.per_device_batch_size()
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > batch_size,  # a size-1 last batch breaks BatchNorm
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,61 @@
+"""Fine-tuning schedules shared by every task that puts a new head on a pretrained backbone.
+
+* ``full`` — everything trains; the backbone may get a smaller LR (``backbone_lr_mult``).
+* ``linear_probe`` — the backbone never trains: no gradients, and it stays in eval mode so BatchNorm
+  running statistics (and dropout) stay exactly as the source weights had them.
+* ``gradual`` — the head warms up on a frozen backbone; at ``unfreeze_at_epoch`` the backbone joins.
+
+The backbone always sits in its own optimizer param group (lr × ``backbone_lr_mult``) from the first step,
+so an LR schedule covers it whether or not it is frozen yet; while frozen its parameters get no gradient,
+and optimizers skip parameters without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from transferlab.utils.errors import UserError
+
+MODES = ("full", "linear_probe", "gradual")
+
+
+@dataclass(frozen=True)
+class Finetune:
+    mode: str = "full"
+    backbone_lr_mult: float = 1.0
+    unfreeze_at_epoch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"model.finetune.mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.backbone_lr_mult < 0:
+            raise UserError(f"model.finetune.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.unfreeze_at_epoch < 0:
+            raise UserError(f"model.finetune.unfreeze_at_epoch must be >= 0, got {self.unfreeze_at_epoch}")
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> Finetune:
+        unknown = set(cfg or {}) - {"mode", "backbone_lr_mult", "unfreeze_at_epoch"}
+        if unknown:
+            raise UserError(f"unknown model.finetune keys {sorted(unknown)}; use mode, backbone_lr_mult, unfreeze_at_epoch")
+        return cls(**(cfg or {}))
+
+    def backbone_frozen(self, epoch: int) -> bool:
+        """Whether the backbone is frozen during `epoch`."""
+        return self.mode == "linear_probe" or (self.mode == "gradual" and epoch < self.unfreeze_at_epoch)
+
+    def prepare(self, backbone: nn.Module) -> None:
+        """One-off set-up: a linear probe's backbone never needs gradients (saves memory, DDP ignores it)."""
+        if self.mode == "linear_probe":
+            backbone.requires_grad_(False)
+
+    def param_groups(self, backbone: nn.Module, head: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Head at `lr`, backbone in its own group at ``lr * backbone_lr_mult`` (unless probing)."""
+        groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr, "name": "head"}]
+        backbone_params = [p for p in backbone.parameters() if p.requires_grad]
+        if backbone_params and self.backbone_lr_mult > 0:
+            groups.append({"params": backbone_params, "lr": lr * self.backbone_lr_mult, "name": "backbone"})
+        return groups

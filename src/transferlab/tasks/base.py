@@ -1,0 +1,109 @@
+"""What every transferlab task shares: optimizer/schedule from config, fine-tune freezing, device-side
+input preparation, and checkpoints whose hyper-parameters are plain containers.
+
+Tasks receive their nested configs (`optimizer`, `scheduler`, …) un-instantiated (``_recursive_: false``)
+and store them resolved with `save_hyperparameters`, so a checkpoint holds only dicts, lists and numbers
+and loads under ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from transferlab.finetune import Finetune
+from transferlab.utils.config import to_plain
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+
+
+class TransferTask(pl.LightningModule):
+    """Base LightningModule: a pretrained `backbone` (possibly frozen) under task-specific `head` modules."""
+
+    backbone: nn.Module
+
+    def __init__(
+        self,
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
+        finetune: dict[str, Any] | None = None,
+        compile: str | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__()
+        from transferlab.utils.errors import UserError
+
+        if compile not in COMPILE_MODES:
+            raise UserError(f"model.compile must be one of {COMPILE_MODES}, got '{compile}'")
+        self.optimizer_cfg = to_plain(optimizer)
+        self.scheduler_cfg = to_plain(scheduler)
+        self.finetune = Finetune.from_config(to_plain(finetune))
+        self.compile_mode = compile
+        self.channels_last = channels_last
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    # -- hooks subclasses use ----------------------------------------------------------------------
+    def head_modules(self) -> nn.Module:
+        """Everything trained at the full LR (all but the backbone)."""
+        return nn.ModuleList(m for name, m in self.named_children() if name != "backbone")
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.finetune.backbone_frozen(self.current_epoch)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0, 255] float) images → ImageNet-normalised float, in the memory format the model runs."""
+        out = (images.float() - self.pixel_mean) / self.pixel_std
+        return out.contiguous(memory_format=torch.channels_last) if self._use_channels_last() else out
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the backbone, without building a graph through it while it is frozen."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                return self.backbone(images)
+        return self.backbone(images)
+
+    # -- Lightning plumbing ------------------------------------------------------------------------
+    def _use_channels_last(self) -> bool:
+        if self.channels_last is None:  # auto: channels_last pays off on GPUs (tensor cores), not on CPUs
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            return device.type == "cuda"
+        return self.channels_last
+
+    def setup(self, stage: str) -> None:
+        self.finetune.prepare(self.backbone)
+
+    def configure_model(self) -> None:
+        if self._use_channels_last():
+            self.to(memory_format=torch.channels_last)
+        if self.compile_mode:
+            self.backbone.compile(mode=self.compile_mode)  # in place: state_dict keys stay unchanged
+
+    def train(self, mode: bool = True) -> TransferTask:
+        super().train(mode)
+        if mode and self.backbone_frozen:  # frozen BatchNorm keeps its running statistics
+            self.backbone.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train(True)  # re-evaluates freezing: gradual unfreezing happens at an epoch boundary
+
+    def configure_optimizers(self) -> Any:
+        factory = instantiate(self.optimizer_cfg)
+        lr = factory.keywords.get("lr", 1e-3)
+        optimizer = factory(self.finetune.param_groups(self.backbone, self.head_modules(), lr))
+        if not self.scheduler_cfg:
+            return optimizer
+        make_scheduler = instantiate(self.scheduler_cfg)
+        if "total_steps" in inspect.signature(make_scheduler).parameters:
+            scheduler = make_scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "epoch"}}

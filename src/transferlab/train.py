@@ -1,0 +1,104 @@
+"""`tl-train`: fit a task on a datamodule, test the best checkpoint, return the monitored metric.
+
+Everything comes from the composed Hydra config (``conf/train.yaml``); see ``tl-train --help``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from transferlab import __version__
+from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
+from transferlab.runner import (
+    build_trainer,
+    hydra_app,
+    instantiate_named,
+    output_dir,
+    resolved,
+    scalar_metrics,
+    task_overrides,
+    write_json_atomic,
+)
+from transferlab.utils.config import flatten
+from transferlab.utils.errors import UserError
+
+MONITOR_MODES = ("min", "max")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cheap checks before anything is built or trained."""
+    if cfg.monitor.mode not in MONITOR_MODES:
+        raise UserError(f"monitor.mode must be 'min' or 'max', got '{cfg.monitor.mode}'")
+    if not (cfg.train or cfg.test):
+        raise UserError("both train=false and test=false: nothing to do. Enable one of them")
+    if cfg.seed is not None and (not isinstance(cfg.seed, int) or cfg.seed < 0):
+        raise UserError(f"seed must be a non-negative integer or null, got {cfg.seed!r}")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train and/or test as `cfg` says; return the best monitored value (what sweepers optimise)."""
+    started = time.time()
+    check_config(cfg)
+    if cfg.seed is not None:  # seed 0 is a seed
+        pl.seed_everything(cfg.seed, workers=True)
+
+    config = resolved(cfg)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, **datamodule.task_args())
+    callbacks = [*instantiate_named(cfg.get("callbacks")), RunConfigInCheckpoint(config)]
+    loggers = instantiate_named(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+
+    metrics: dict[str, float] = {}
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
+    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if cfg.test:
+        test_ckpt = (best_path or None) if cfg.train else cfg.ckpt_path
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+
+    best = _best_monitored(cfg, checkpoint, metrics)
+    summary: dict[str, Any] = {
+        "monitor": {"metric": cfg.monitor.metric, "mode": cfg.monitor.mode, "best": best},
+        "metrics": metrics,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "best_checkpoint": best_path or None,
+        "wall_time_s": round(time.time() - started, 2),
+        "overrides": task_overrides(),
+        "version": __version__,
+    }
+    if trainer.is_global_zero:
+        log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
+        write_json_atomic(output_dir() / "metrics.json", summary)
+        print(f"Run directory: {output_dir()}", flush=True)
+    return best
+
+
+def _best_monitored(cfg: DictConfig, checkpoint: ModelCheckpoint | None, metrics: dict[str, float]) -> float | None:
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    return metrics.get(cfg.monitor.metric)
+
+
+def _hparam_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The final metrics shown in TensorBoard's HPARAMS tab, under their own tags (``final/…``)."""
+    return {f"final/{name}": value for name, value in metrics.items() if "/acc_class/" not in name}
+
+
+@hydra_app("train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

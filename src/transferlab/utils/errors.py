@@ -1,0 +1,41 @@
+"""User-facing errors: one line saying what was wrong and how to fix it.
+
+Internal bugs keep their traceback; anything the user can fix by changing a config value, a path or a
+file raises `UserError`, which the CLI prints as ``error: <message>`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Bad input the user can fix; printed as one line, never with a traceback."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return a ``did you mean …?`` hint for a misspelt name ('' when nothing is close)."""
+    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" Did you mean {', '.join(matches)}?" if matches else ""
+
+
+def report_user_errors(fn: F) -> F:
+    """Decorate a CLI entry so a `UserError` ends the process with a one-line message and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,69 @@
+"""Shared fixtures: configs composed the way the CLI composes them, shrunk to run in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from transferlab.utils.config import config_dir
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Small, fast and deterministic: 20 px-per-class shapes, a tiny batch, one device, no workers.
+TINY = [
+    "data.train_size=60",
+    "data.test_size=20",
+    "data.batch_size=8",
+    "data.image_size=32",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "model.backbone.name=mobilenet_v3_small",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    """Compose like the CLI does, with Hydra's runtime info set so `${hydra:…}` resolves."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides, name="train")`` → a tiny composed config writing under tmp_path."""
+
+    def make(*overrides: str, name: str = "train", tiny: bool = True, out: str = "run") -> DictConfig:
+        base = TINY if tiny and name == "train" else []
+        return compose_config([*base, *overrides], tmp_path / out, name)
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a console script the way a user does (a subprocess), capturing its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERLAB_ROOT": str(cwd)}
+    script = Path(sys.executable).parent / args[0]
+    command = [str(script)] if script.exists() else [args[0]]
+    return subprocess.run(
+        [*command, *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
