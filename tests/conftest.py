@@ -65,5 +65,11 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     script = Path(sys.executable).parent / args[0]
     command = [str(script)] if script.exists() else [args[0]]
     return subprocess.run(
-        [*command, *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [*command, *args[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )

@@ -60,9 +60,7 @@ def is_weights_file(weights: str | None) -> bool:
     return weights.endswith(CHECKPOINT_SUFFIXES + STATE_DICT_SUFFIXES) or os.sep in weights
 
 
-def build_backbone(
-    name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None
-) -> Backbone:
+def build_backbone(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> Backbone:
     """Build `name` with source `weights` and strip its classification head."""
     check_name(name)
     kwargs = dict(kwargs or {})
@@ -143,7 +141,7 @@ def _backbone_from_checkpoint(blob: Any, path: Path) -> dict[str, torch.Tensor]:
     state = blob.get("state_dict") if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .pth state dict")
-    prefix = "backbone.body."
+    prefix = "backbone."
     extracted = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not extracted:
         raise UserError(f"{path} holds no backbone weights (no '{prefix}*' keys); was it trained by transferlab?")

@@ -40,7 +40,9 @@ class Finetune:
     def from_config(cls, cfg: dict[str, Any] | None) -> Finetune:
         unknown = set(cfg or {}) - {"mode", "backbone_lr_mult", "unfreeze_at_epoch"}
         if unknown:
-            raise UserError(f"unknown model.finetune keys {sorted(unknown)}; use mode, backbone_lr_mult, unfreeze_at_epoch")
+            raise UserError(
+                f"unknown model.finetune keys {sorted(unknown)}; use mode, backbone_lr_mult, unfreeze_at_epoch"
+            )
         return cls(**(cfg or {}))
 
     def backbone_frozen(self, epoch: int) -> bool:

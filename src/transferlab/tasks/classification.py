@@ -53,12 +53,8 @@ class ClassificationTask(TransferTask):
         self.label_smoothing = label_smoothing
         # ModuleDict keys may not shadow Module attributes ("train"), hence the "_metrics" suffix.
         self.metrics = nn.ModuleDict({f"{s}_metrics": self._metrics(num_classes) for s in ("train", "val", "test")})
-        self.per_class = nn.ModuleDict(
-            {s: MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")}
-        )
-        self.confusion = nn.ModuleDict(
-            {s: MulticlassConfusionMatrix(num_classes, normalize="true") for s in ("val", "test")}
-        )
+        self.per_class = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")})
+        self.confusion = nn.ModuleDict({s: MulticlassConfusionMatrix(num_classes) for s in ("val", "test")})
 
     @staticmethod
     def _metrics(num_classes: int) -> MetricCollection:
@@ -127,7 +123,8 @@ def confusion_figure(matrix: torch.Tensor, class_names: list[str]) -> Any:
     n = len(class_names)
     size = min(12.0, 2.0 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix.float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    rates = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp(min=1)  # rows: fraction of each true class
+    ax.imshow(rates.cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
     if n <= 30:
         ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
         ax.set_yticks(range(n), class_names, fontsize=8)

@@ -27,6 +27,24 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return f" Did you mean {', '.join(matches)}?" if matches else ""
 
 
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The `UserError` behind `err`, also when a library re-raised it (Hydra's instantiate does)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    """The message as one line (a DataLoader worker wraps it in a traceback: keep its last line)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.split("UserError: ", 1)[-1]
+
+
 def report_user_errors(fn: F) -> F:
     """Decorate a CLI entry so a `UserError` ends the process with a one-line message and exit 2."""
 
@@ -34,8 +52,11 @@ def report_user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        except Exception as err:
+            user_error = find_user_error(err)
+            if user_error is None:
+                raise
+            print(f"error: {one_line(user_error)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,141 @@
+"""Backbones: any torchvision model by name, source weights from every supported place."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torchvision
+from hydra.utils import instantiate
+
+from transferlab.backbones import build_backbone, check_name, read_state_dict
+from transferlab.train import run
+from transferlab.utils.errors import UserError
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(UserError, match=r"unknown backbone 'resnet181'.*Did you mean resnet18"):
+        check_name("resnet181")
+
+
+def test_unknown_weights_name_lists_valid_ones() -> None:
+    with pytest.raises(UserError, match=r"no weights 'IMAGENET1K_V9'.*IMAGENET1K_V1"):
+        build_backbone("resnet18", "IMAGENET1K_V9")
+
+
+def test_offline_download_failure_says_which_file_to_place(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(UserError) as err:
+        build_backbone("resnet18", "IMAGENET1K_V1")
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "model.backbone.weights=" in message and "\n" not in message
+
+
+def test_weights_placed_in_hub_cache_load_offline(monkeypatch, tmp_path: Path) -> None:
+    """The fix the offline error suggests really works: a file in the cache is used, nothing downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = torchvision.models.mobilenet_v3_small()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    url = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.url
+    torch.save(source.state_dict(), cache / Path(url).name)
+    backbone = build_backbone("mobilenet_v3_small", "IMAGENET1K_V1")
+    torch.testing.assert_close(backbone.body.features[0][0].weight, source.features[0][0].weight)
+
+
+@pytest.mark.parametrize(
+    ("name", "features"),
+    [("resnet18", 512), ("mobilenet_v3_small", 1024), ("vgg11", 4096), ("efficientnet_b0", 1280)],
+)
+def test_head_is_stripped_to_features(name: str, features: int) -> None:
+    backbone = build_backbone(name)
+    assert backbone.num_features == features
+    with torch.no_grad():
+        out = backbone.body.eval()(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, features)
+
+
+def test_model_without_linear_head_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="no Linear classification head"):
+        build_backbone("squeezenet1_1")
+
+
+def test_transfer_from_pth_state_dict(tmp_path: Path) -> None:
+    source = torchvision.models.resnet18(num_classes=7)  # a head of another size: it is replaced anyway
+    path = tmp_path / "source.pth"
+    torch.save(source.state_dict(), path)
+    backbone = build_backbone("resnet18", str(path))
+    for key, value in backbone.body.state_dict().items():
+        torch.testing.assert_close(value, source.state_dict()[key], msg=key)
+
+
+def test_transfer_from_wrapped_and_ddp_prefixed_state_dict(tmp_path: Path) -> None:
+    source = torchvision.models.resnet18()
+    path = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    backbone = build_backbone("resnet18", str(path))
+    torch.testing.assert_close(backbone.body.conv1.weight, source.conv1.weight)
+
+
+def test_state_dict_of_another_architecture_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(UserError, match="does not fit backbone 'resnet18'.*unexpected"):
+        build_backbone("resnet18", str(path))
+
+
+def test_missing_and_garbage_weight_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        build_backbone("resnet18", str(tmp_path / "nope.pth"))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read weights file"):
+        build_backbone("resnet18", str(garbage))
+
+
+def test_transfer_from_transferlab_checkpoint(make_cfg) -> None:
+    """Train a source run, then start a new run's backbone from its checkpoint: weights must be equal."""
+    cfg = make_cfg("test=false")
+    run(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    target = make_cfg(f"model.backbone.weights={ckpt}", out="target")
+    model = instantiate(target.model, num_classes=5)  # a different task: 5 classes, new head
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, trained[f"backbone.{key}"], msg=key)
+    assert read_state_dict(ckpt).keys() == model.backbone.state_dict().keys()
+    with pytest.raises(UserError, match="does not fit backbone 'resnet18'"):
+        build_backbone("resnet18", str(ckpt))
+
+
+FAMILIES = [
+    ("resnet18", {}),
+    ("vgg11", {}),
+    ("mobilenet_v3_small", {}),
+    ("efficientnet_b0", {}),
+    ("convnext_tiny", {}),
+    ("vit_b_16", {"image_size": 32}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_fast_dev_run_per_backbone_family(make_cfg, name: str, kwargs: dict) -> None:
+    overrides = [f"model.backbone.name={name}", "data.batch_size=4"]
+    overrides += [f"+model.backbone.kwargs.{k}={v}" for k, v in kwargs.items()]
+    cfg = make_cfg(*overrides)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, **datamodule.task_args())
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
+    before = model.head[-1].weight.detach().clone()
+    trainer.fit(model, datamodule=datamodule)
+    assert not torch.equal(before, model.head[-1].weight)  # one optimisation step really happened
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
