@@ -67,10 +67,14 @@ class ClassificationTask(TransferTask):
         """Logits for a batch of uint8 (or 0–255 float) images."""
         return self.head(self.backbone_features(self.normalize(images)))
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, with label smoothing when configured."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, targets)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits, targets)
         on_step = stage == "train"

@@ -1,0 +1,118 @@
+"""ClassificationTask: fine-tune modes, loss, metrics and what it logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from transferlab.train import run
+
+
+def build(make_cfg, *overrides: str):
+    cfg = make_cfg(*overrides)
+    datamodule = instantiate(cfg.data)
+    return cfg, datamodule, instantiate(cfg.model, **datamodule.task_args())
+
+
+def fit(model, datamodule, epochs: int = 1, steps: int = 3) -> None:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=steps,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+
+
+def batchnorm_stats(module: nn.Module) -> list[torch.Tensor]:
+    return [
+        t.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var)
+    ]
+
+
+def test_linear_probe_freezes_weights_and_batchnorm_statistics(make_cfg) -> None:
+    _, dm, model = build(make_cfg, "model.backbone.name=resnet18", "model.finetune.mode=linear_probe")
+    weights = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    stats = batchnorm_stats(model.backbone)
+    head = model.head[-1].weight.detach().clone()
+    fit(model, dm, epochs=2)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, weights[key]), key  # includes running_mean/var and num_batches_tracked
+    assert all(torch.equal(a, b) for a, b in zip(stats, batchnorm_stats(model.backbone)))
+    assert not torch.equal(head, model.head[-1].weight)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_full_finetune_moves_batchnorm_statistics(make_cfg) -> None:
+    """The counterpart of the probe test: the same check does detect moving statistics."""
+    _, dm, model = build(make_cfg, "model.backbone.name=resnet18")
+    stats = batchnorm_stats(model.backbone)
+    fit(model, dm)
+    assert not all(torch.equal(a, b) for a, b in zip(stats, batchnorm_stats(model.backbone)))
+
+
+def test_gradual_unfreezes_at_the_given_epoch_with_its_own_lr(make_cfg) -> None:
+    _, dm, model = build(
+        make_cfg,
+        "model.finetune.mode=gradual",
+        "model.finetune.unfreeze_at_epoch=1",
+        "model.finetune.backbone_lr_mult=0.1",
+        "model.optimizer.lr=0.01",
+        "model.scheduler=null",
+    )
+    first = model.backbone.features[0][0].weight.detach().clone()
+    fit(model, dm, epochs=1)
+    assert torch.equal(first, model.backbone.features[0][0].weight)  # epoch 0: head only
+    optimizer = model.configure_optimizers()
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"head": 0.01, "backbone": pytest.approx(0.001)}
+
+    _, dm, model = build(make_cfg, "model.finetune.mode=gradual", "model.finetune.unfreeze_at_epoch=1")
+    first = model.backbone.features[0][0].weight.detach().clone()
+    fit(model, dm, epochs=2)
+    assert not torch.equal(first, model.backbone.features[0][0].weight)  # epoch 1: backbone trains
+
+
+def test_bad_finetune_mode_is_a_user_error(make_cfg) -> None:
+    cfg = make_cfg("model.finetune.mode=probe")
+    with pytest.raises(Exception) as err:
+        instantiate(cfg.model, num_classes=10)
+    assert "must be one of full, linear_probe, gradual" in str(err.value)
+
+
+def test_label_smoothing_is_used_in_the_loss(make_cfg) -> None:
+    _, _, model = build(make_cfg, "model.label_smoothing=0.2")
+    logits, targets = torch.randn(6, 10), torch.arange(6)
+    torch.testing.assert_close(model.loss(logits, targets), F.cross_entropy(logits, targets, label_smoothing=0.2))
+    assert not torch.isclose(model.loss(logits, targets), F.cross_entropy(logits, targets))
+
+
+def test_num_classes_comes_from_the_data(make_cfg) -> None:
+    _, _, model = build(make_cfg)
+    assert model.head[-1].out_features == 10 and model.class_names[0] == "disc"
+    with pytest.raises(Exception, match="at least 2 classes"):
+        instantiate(make_cfg().model, num_classes=1)
+
+
+def test_metrics_and_confusion_matrix_reach_tensorboard(make_cfg) -> None:
+    cfg = make_cfg("trainer.max_epochs=2", "trainer.log_every_n_steps=1")
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    events = EventAccumulator(str(out), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"val/acc", "val/acc_top5", "val/loss", "train/loss_step", "test/acc", "val/acc_class/disc"} <= scalars
+    assert {"val/confusion_matrix", "test/confusion_matrix"} <= images
+    assert len(events.Images("val/confusion_matrix")) == 2  # one per validation epoch, none for the sanity check
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert not list(out.glob("version_*"))

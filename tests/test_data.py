@@ -1,0 +1,189 @@
+"""Datamodules on data written in the real on-disk formats: CIFAR pickle batches, ImageFolder images."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from transferlab.data.base import few_shot, split_train_val
+from transferlab.data.cifar import CIFARDataModule
+from transferlab.data.imagefolder import ImageFolderDataModule
+from transferlab.data.shapes import CLASSES, ShapesDataModule, export_imagefolder, generate
+from transferlab.utils.errors import UserError
+
+
+def write_cifar(root: Path, variant: int = 10, per_batch: int = 20) -> np.ndarray:
+    """Write CIFAR python batches exactly as the official archive lays them out; returns the test images."""
+    rng = np.random.default_rng(0)
+    if variant == 10:
+        folder, label_key, names_key, meta_name = root / "cifar-10-batches-py", "labels", "label_names", "batches.meta"
+        batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    else:
+        folder, label_key, names_key, meta_name = root / "cifar-100-python", "fine_labels", "fine_label_names", "meta"
+        batches = ["train", "test"]
+        classes = [f"class{i:03d}" for i in range(100)]
+    folder.mkdir(parents=True)
+    for name in batches:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)  # rows: 1024 R, 1024 G, 1024 B
+        labels = (np.arange(per_batch) % len(classes)).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, label_key: labels, "data": data, "filenames": []}, f, protocol=2)
+        if name in ("test_batch", "test"):
+            test_data = data
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump({names_key: classes}, f, protocol=2)
+    return test_data
+
+
+@pytest.mark.parametrize("variant", [10, 100])
+def test_cifar_reads_official_pickle_batches(tmp_path: Path, variant: int) -> None:
+    test_data = write_cifar(tmp_path, variant, per_batch=200 if variant == 100 else 20)
+    dm = CIFARDataModule(root=str(tmp_path), variant=variant, batch_size=4, val_fraction=0.2)
+    args = dm.task_args()
+    assert args["num_classes"] == variant and len(args["class_names"]) == variant
+    train_batches = 5 if variant == 10 else 1
+    per_batch = 200 if variant == 100 else 20
+    assert len(dm._splits["train"]) + len(dm._splits["val"]) == train_batches * per_batch
+    assert len(dm._splits["test"]) == per_batch  # the official test batch, untouched
+    image, label = dm._splits["test"][3]
+    expected = torch.from_numpy(test_data[3].reshape(3, 32, 32))  # channel planes → (C, H, W)
+    assert image.dtype == torch.uint8 and torch.equal(image, expected) and label == 3 % variant
+
+
+def test_cifar_resizes_once_to_image_size(tmp_path: Path) -> None:
+    write_cifar(tmp_path)
+    dm = CIFARDataModule(root=str(tmp_path), image_size=48, batch_size=4, augment=None)
+    dm.setup("fit")
+    assert dm._splits["test"][0][0].shape == (3, 48, 48)
+
+
+def test_missing_cifar_says_where_to_put_it(tmp_path: Path) -> None:
+    dm = CIFARDataModule(root=str(tmp_path / "nowhere"))
+    with pytest.raises(
+        UserError, match=r"expected the python batches in .*cifar-10-batches-py.*cifar-10-python.tar.gz"
+    ):
+        dm.setup("fit")
+
+
+def write_imagefolder(root: Path) -> None:
+    """JPEGs in RGB plus the odd cases real folders contain: greyscale, RGBA PNG, palette, CMYK."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    odd = root / "train" / "cat"
+    Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8), mode="L").save(odd / "grey.jpg")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 4), dtype=np.uint8), mode="RGBA").save(odd / "alpha.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).convert("P").save(odd / "palette.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).convert("CMYK").save(odd / "cmyk.jpg")
+
+
+def test_imagefolder_reads_jpegs_of_any_mode(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path)
+    augment = v2.Compose([v2.RandomResizedCrop(24), v2.RandomHorizontalFlip()])
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=24, batch_size=4, val_fraction=0.25, augment=augment)
+    assert dm.task_args() == {"num_classes": 2, "class_names": ["cat", "dog"]}
+    for split in ("train", "val", "test"):
+        for i in range(len(dm._splits[split])):
+            image, _ = dm._splits[split][i]
+            assert image.shape == (3, 24, 24) and image.dtype == torch.uint8
+    assert len(dm._splits["test"]) == 4  # val/ is the held-out split
+
+
+def test_imagefolder_preset_without_resize_still_batches(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=4, augment=v2.RandomHorizontalFlip())
+    dm.setup("fit")
+    assert {dm._splits["train"][i][0].shape for i in range(len(dm._splits["train"]))} == {(3, 16, 16)}
+
+
+def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path)
+    bad = tmp_path / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.1)
+    dm.setup("fit")
+    dataset = dm._splits["train"].dataset.dataset
+    index = [Path(p).name for p, _ in dataset.samples].index("broken.jpg")
+    with pytest.raises(UserError, match=r"cannot decode image .*broken.jpg.*Remove or replace"):
+        dataset[index]
+
+
+def test_imagefolder_missing_or_empty(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"image folder .*train does not exist"):
+        ImageFolderDataModule(root=str(tmp_path)).setup("fit")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(UserError, match="no images in"):
+        ImageFolderDataModule(root=str(tmp_path)).setup("fit")
+
+
+def test_shapes_is_seeded_balanced_and_sized() -> None:
+    a, la = generate(50, 24, seed=3)
+    b, lb = generate(50, 24, seed=3)
+    c, _ = generate(50, 24, seed=4)
+    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+    assert a.shape == (50, 3, 24, 24) and a.dtype == torch.uint8
+    assert torch.bincount(la, minlength=10).tolist() == [5] * 10
+
+
+def test_shapes_train_and_test_never_share_images() -> None:
+    dm = ShapesDataModule(train_size=40, test_size=20, batch_size=4, augment=None)
+    dm.setup("fit")
+    train = dm._splits["train"].dataset.dataset.images.flatten(1)
+    test = dm._splits["test"].dataset.images.flatten(1)
+    assert not (train[:, None] == test[None]).all(-1).any()
+
+
+def test_shapes_export_is_a_working_imagefolder(tmp_path: Path) -> None:
+    export_imagefolder(tmp_path, image_size=32, train_per_class=3, val_per_class=1)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(CLASSES)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=32, batch_size=4, val_fraction=0.2)
+    assert dm.task_args()["class_names"] == sorted(CLASSES)
+    assert len(dm._splits["test"]) == 10
+
+
+def test_validation_split_is_seeded_and_disjoint() -> None:
+    train, val = split_train_val(100, 0.2, seed=7)
+    assert (train, val) == split_train_val(100, 0.2, seed=7)
+    assert len(val) == 20 and not set(train) & set(val) and len(set(train) | set(val)) == 100
+    assert val != split_train_val(100, 0.2, seed=8)[1]
+    with pytest.raises(UserError, match="val_fraction"):
+        split_train_val(100, 1.5, seed=0)
+
+
+def test_few_shot_keeps_k_per_class_same_for_same_seed() -> None:
+    targets = torch.arange(100) % 5
+    indices = list(range(100))
+    subset = few_shot(indices, targets, per_class=3, seed=1)
+    assert torch.bincount(targets[subset]).tolist() == [3] * 5
+    assert subset == few_shot(indices, targets, per_class=3, seed=1)
+    with pytest.raises(UserError, match="fewer than data.examples_per_class=30"):
+        few_shot(indices, targets, per_class=30, seed=1)
+
+
+def test_global_batch_is_split_per_device() -> None:
+    dm = ShapesDataModule(train_size=40, test_size=20, batch_size=8)
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert dm.per_device_batch_size() == 8
+
+    class ThreeDevices:
+        world_size = 3
+
+    dm.trainer = ThreeDevices()  # type: ignore[assignment]
+    with pytest.raises(UserError, match="must divide evenly across 3 devices"):
+        dm.per_device_batch_size()
+    dm.batch_size = 9
+    assert dm.per_device_batch_size() == 3
