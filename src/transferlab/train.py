@@ -54,6 +54,8 @@ def run(cfg: DictConfig) -> float | None:
     callbacks = [*instantiate_named(cfg.get("callbacks")), RunConfigInCheckpoint(config)]
     loggers = instantiate_named(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
+    datamodule.trainer = trainer
+    datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
 
     metrics: dict[str, float] = {}
     if cfg.train:

@@ -1,0 +1,130 @@
+"""tl-train and tl-eval as a user runs them: subprocesses, real config composition, files on disk."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_dir(stdout: str) -> Path:
+    match = re.search(r"^Run directory: (.+)$", stdout, re.MULTILINE)
+    assert match, stdout[-2000:]
+    return Path(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny tl-train run shared by the CLI tests."""
+    cwd = tmp_path_factory.mktemp("cli")
+    result = run_cli("tl-train", *TINY, "trainer.max_epochs=2", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir(result.stdout)
+
+
+def test_train_writes_run_directory_under_outputs(trained: Path) -> None:
+    assert trained.parent.parent.name == "runs" and trained.parents[2].name == "outputs"
+    assert (trained / "checkpoints" / "best.ckpt").is_file() and (trained / "checkpoints" / "last.ckpt").is_file()
+    assert list(trained.glob("events.out.tfevents.*")), "TensorBoard logs go straight into the run directory"
+    assert (trained / ".hydra" / "config.yaml").is_file()
+    summary = json.loads((trained / "metrics.json").read_text())
+    assert summary["monitor"]["metric"] == "val/acc" and summary["monitor"]["best"] is not None
+    assert {"test/acc", "test/acc_top5", "val/acc", "test/acc_class/star"} <= set(summary["metrics"])
+    assert summary["epochs"] == 2 and summary["overrides"][:2] == TINY[:2]
+
+
+def test_eval_reproduces_the_training_test_metric(trained: Path) -> None:
+    train_metrics = json.loads((trained / "metrics.json").read_text())["metrics"]
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    cwd = trained.parents[3]
+    result = run_cli("tl-eval", f"ckpt_path={ckpt}", "trainer.accelerator=cpu", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    eval_dir = run_dir(result.stdout)
+    assert eval_dir.parent.parent.name == "eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+    for name in ("test/acc", "test/loss", "test/acc_top5"):
+        assert abs(metrics[name] - train_metrics[name]) <= 1e-4, name
+
+
+def test_checkpoint_loads_with_weights_only(trained: Path) -> None:
+    import torch
+
+    checkpoint = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["backbone"]["name"] == "mobilenet_v3_small"
+    assert checkpoint["transferlab"]["config"]["data"]["_target_"].startswith("transferlab.")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.backbone.name=resnet181"], "error: unknown backbone 'resnet181'. Did you mean resnet18"),
+        (["model.finetune.mode=probe"], "error: model.finetune.mode must be one of full, linear_probe, gradual"),
+        (["data.batch_size=5", "trainer=ddp_sim"], "error: data.batch_size=5 is the global batch"),
+        (["monitor.mode=maximum"], "error: monitor.mode must be 'min' or 'max'"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run_cli("tl-train", *TINY, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and error_lines[0].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_missing_dataset_is_one_line_with_exit_2(tmp_path: Path) -> None:
+    result = run_cli("tl-train", "data=cifar10", "data.root=/nonexistent", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: CIFAR10 not found: expected the python batches")
+
+
+def test_eval_of_missing_checkpoint(tmp_path: Path) -> None:
+    result = run_cli("tl-eval", "ckpt_path=missing.ckpt", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: checkpoint missing.ckpt does not exist")
+
+
+def test_help_and_cfg_job_work(tmp_path: Path) -> None:
+    result = run_cli("tl-train", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "data: cifar10, cifar100, imagefolder, shapes" in result.stdout
+    result = run_cli("tl-train", "--cfg", "job", "seed=0", cwd=tmp_path)
+    assert result.returncode == 0 and "seed: 0" in result.stdout and "metric: val/acc" in result.stdout
+
+
+@pytest.mark.slow
+def test_non_editable_wheel_ships_configs(tmp_path: Path) -> None:
+    """A regular (non-editable) install finds conf/ inside the package."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("transferlab-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "transferlab/conf/train.yaml" in names and "transferlab/conf/data/augment/cifar.yaml" in names
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", "from transferlab.utils.config import config_dir; print(config_dir())"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()) == site / "transferlab" / "conf"
