@@ -18,6 +18,7 @@ from torch import nn
 
 from transferlab.finetune import Finetune
 from transferlab.utils.config import to_plain
+from transferlab.utils.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,8 +39,6 @@ class TransferTask(pl.LightningModule):
         channels_last: bool | None = None,
     ) -> None:
         super().__init__()
-        from transferlab.utils.errors import UserError
-
         if compile not in COMPILE_MODES:
             raise UserError(f"model.compile must be one of {COMPILE_MODES}, got '{compile}'")
         self.optimizer_cfg = to_plain(optimizer)

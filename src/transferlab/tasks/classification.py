@@ -102,7 +102,7 @@ class ClassificationTask(TransferTask):
         per_class = self.per_class[stage].compute()
         self.log_dict(
             {f"{stage}/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)},
-            sync_dist=False,  # already synchronised by torchmetrics' compute()
+            sync_dist=True,  # compute() already synchronised them: equal on every rank, so the mean is exact
         )
         self.per_class[stage].reset()
         matrix = self.confusion[stage].compute()
