@@ -1,0 +1,34 @@
+"""The train entry in-process: return value for sweepers, seeding, debug presets, metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from transferlab.train import run
+from transferlab.utils.errors import UserError
+
+
+def test_returns_best_monitored_value_and_seed_0_reproduces(make_cfg) -> None:
+    first_cfg = make_cfg("seed=0", out="a")
+    first = run(first_cfg)
+    second_cfg = make_cfg("seed=0", out="b")
+    second = run(second_cfg)
+    summary_a = json.loads((Path(first_cfg.paths.output_dir) / "metrics.json").read_text())
+    summary_b = json.loads((Path(second_cfg.paths.output_dir) / "metrics.json").read_text())
+    assert isinstance(first, float) and first == summary_a["monitor"]["best"]
+    assert first == second and summary_a["metrics"] == summary_b["metrics"]  # seed 0 is honoured, workers too
+
+
+def test_fast_dev_run_debug_preset(make_cfg) -> None:
+    cfg = make_cfg("debug=fdr")
+    run(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert summary["global_step"] == 1 and "test/acc" in summary["metrics"]
+
+
+def test_nothing_to_do_is_an_error(make_cfg) -> None:
+    with pytest.raises(UserError, match="nothing to do"):
+        run(make_cfg("train=false", "test=false"))
