@@ -90,6 +90,12 @@ def test_missing_dataset_is_one_line_with_exit_2(tmp_path: Path) -> None:
 def test_eval_of_missing_checkpoint(tmp_path: Path) -> None:
     result = run_cli("tl-eval", "ckpt_path=missing.ckpt", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: checkpoint missing.ckpt does not exist")
+    result = run_cli("tl-eval", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "error: ckpt_path is required and has no value. Pass ckpt_path=<value> on the command line"
+    )
 
 
 def test_help_and_cfg_job_work(tmp_path: Path) -> None:

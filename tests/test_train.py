@@ -32,3 +32,19 @@ def test_fast_dev_run_debug_preset(make_cfg) -> None:
 def test_nothing_to_do_is_an_error(make_cfg) -> None:
     with pytest.raises(UserError, match="nothing to do"):
         run(make_cfg("train=false", "test=false"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.precision=17", r"invalid trainer settings: Precision 17 is invalid.*Check the trainer\.\* overrides"),
+        ("model.optimizer.lr=abc", r"invalid model.optimizer/model.scheduler settings"),
+        ("model.optimizer._target_=torch.optim.Adamz", r"Error loading 'torch.optim.Adamz'"),
+        ("data/augment=flip_rotate data.augment.transforms.1.degrees=[1,2,3]", r"invalid data settings"),
+    ],
+)
+def test_bad_config_values_become_user_errors_before_training(make_cfg, override: str, message: str) -> None:
+    cfg = make_cfg(*override.split())
+    with pytest.raises(UserError, match=message):
+        run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab import __version__
 from transferlab.runner import (
+    build,
     build_trainer,
     hydra_app,
     instantiate_named,
@@ -51,9 +52,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
     data_cfg = cfg.data if cfg.get("data") is not None else OmegaConf.create(run_config["data"])
-    datamodule = instantiate(data_cfg)
+    datamodule = build(data_cfg, "data")
     model = load_task(ckpt_path, run_config)
-    trainer = build_trainer(cfg, [], instantiate_named(cfg.get("logger")))
+    trainer = build_trainer(cfg, [], instantiate_named(cfg.get("logger"), "logger"))
     results = trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(results[0] if results else {})
     if trainer.is_global_zero:

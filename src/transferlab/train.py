@@ -9,13 +9,13 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from transferlab import __version__
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
 from transferlab.runner import (
+    build,
     build_trainer,
     hydra_app,
     instantiate_named,
@@ -49,10 +49,10 @@ def run(cfg: DictConfig) -> float | None:
         pl.seed_everything(cfg.seed, workers=True)
 
     config = resolved(cfg)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **datamodule.task_args())
-    callbacks = [*instantiate_named(cfg.get("callbacks")), RunConfigInCheckpoint(config)]
-    loggers = instantiate_named(cfg.get("logger"))
+    datamodule = build(cfg.data, "data")
+    model = build(cfg.model, "model", **datamodule.task_args())
+    callbacks = [*instantiate_named(cfg.get("callbacks"), "callbacks"), RunConfigInCheckpoint(config)]
+    loggers = instantiate_named(cfg.get("logger"), "logger")
     trainer = build_trainer(cfg, callbacks, loggers)
     datamodule.trainer = trainer
     datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts

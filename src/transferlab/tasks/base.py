@@ -13,12 +13,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
 from transferlab.finetune import Finetune
 from transferlab.utils.config import to_plain
-from transferlab.utils.errors import UserError
+from transferlab.utils.errors import UserError, describe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,6 +44,7 @@ class TransferTask(pl.LightningModule):
             raise UserError(f"model.compile must be one of {COMPILE_MODES}, got '{compile}'")
         self.optimizer_cfg = to_plain(optimizer)
         self.scheduler_cfg = to_plain(scheduler)
+        self._check_optimizer_config()
         self.finetune = Finetune.from_config(to_plain(finetune))
         self.compile_mode = compile
         self.channels_last = channels_last
@@ -95,14 +97,29 @@ class TransferTask(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.train(True)  # re-evaluates freezing: gradual unfreezing happens at an epoch boundary
 
-    def configure_optimizers(self) -> Any:
-        factory = instantiate(self.optimizer_cfg)
-        lr = factory.keywords.get("lr", 1e-3)
-        optimizer = factory(self.finetune.param_groups(self.backbone, self.head_modules(), lr))
+    def _check_optimizer_config(self) -> None:
+        """Build optimizer and scheduler once on a dummy parameter, so a bad value fails before training."""
+        try:
+            self._make_optimizer([torch.zeros(1, requires_grad=True)], total_steps=10)
+        except (ValueError, TypeError, ImportError, InstantiationException) as err:
+            cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+            raise UserError(
+                f"invalid model.optimizer/model.scheduler settings: {describe(cause)}. "
+                "Check the model.optimizer.* and model.scheduler.* overrides"
+            ) from err
+
+    def _make_optimizer(self, params: Any, total_steps: int) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
+        """The configured optimizer over `params`, and its LR-scheduler entry for Lightning (or None)."""
+        optimizer = instantiate(self.optimizer_cfg)(params)
         if not self.scheduler_cfg:
-            return optimizer
+            return optimizer, None
         make_scheduler = instantiate(self.scheduler_cfg)
-        if "total_steps" in inspect.signature(make_scheduler).parameters:
-            scheduler = make_scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "epoch"}}
+        if "total_steps" in inspect.signature(make_scheduler).parameters:  # per-step schedule over the whole run
+            return optimizer, {"scheduler": make_scheduler(optimizer, total_steps=total_steps), "interval": "step"}
+        return optimizer, {"scheduler": make_scheduler(optimizer), "interval": "epoch"}
+
+    def configure_optimizers(self) -> Any:
+        lr = self.optimizer_cfg.get("lr", 1e-3)
+        groups = self.finetune.param_groups(self.backbone, self.head_modules(), lr)
+        optimizer, scheduler = self._make_optimizer(groups, int(self.trainer.estimated_stepping_batches))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

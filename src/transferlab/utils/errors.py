@@ -45,6 +45,12 @@ def one_line(err: BaseException) -> str:
     return last.split("UserError: ", 1)[-1]
 
 
+def describe(err: BaseException) -> str:
+    """First line of an exception's message, without a trailing period (it is embedded in a sentence)."""
+    text = str(err).strip()
+    return text.splitlines()[0].rstrip(".:") if text else type(err).__name__
+
+
 def report_user_errors(fn: F) -> F:
     """Decorate a CLI entry so a `UserError` ends the process with a one-line message and exit 2."""
 
