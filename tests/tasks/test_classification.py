@@ -116,3 +116,16 @@ def test_metrics_and_confusion_matrix_reach_tensorboard(make_cfg) -> None:
     assert len(events.Images("val/confusion_matrix")) == 2  # one per validation epoch, none for the sanity check
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     assert not list(out.glob("version_*"))
+
+
+def test_mixup_and_cutmix_train_on_soft_targets(make_cfg) -> None:
+    _, dm, model = build(make_cfg, "model.mixup_alpha=0.4", "model.cutmix_alpha=1.0")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    targets = torch.tensor([0, 1, 2, 3])
+    mixed, soft = model.batch_mix(images.float(), targets)
+    assert mixed.shape == images.shape and soft.shape == (4, 10)
+    torch.testing.assert_close(soft.sum(dim=-1), torch.ones(4))
+    assert (soft > 0).sum() > 4  # labels really are mixed
+    fit(model, dm)  # and a training step runs on them
+    with pytest.raises(Exception, match="must be >= 0"):
+        build(make_cfg, "model.mixup_alpha=-1")

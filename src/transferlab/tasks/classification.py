@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchvision.transforms import v2
 
 from transferlab.backbones import build_backbone
 from transferlab.callbacks import log_figure
@@ -20,6 +21,7 @@ from transferlab.utils.errors import UserError
 class ClassificationTask(TransferTask):
     """Backbone features → dropout → linear head over ``num_classes`` (taken from the datamodule).
 
+    Training batches can be mixed (MixUp/CutMix, ``mixup_alpha``/``cutmix_alpha`` > 0).
     Logs ``{stage}/loss``, ``{stage}/acc`` (top-1), ``{stage}/acc_top5`` (with ≥ 5 classes), per-class
     accuracy ``{stage}/acc_class/<name>``, and a confusion-matrix figure at the end of validation/test.
     """
@@ -33,6 +35,8 @@ class ClassificationTask(TransferTask):
         finetune: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         head_dropout: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         class_names: list[str] | None = None,
         compile: str | None = None,
         channels_last: bool | None = None,
@@ -51,6 +55,7 @@ class ClassificationTask(TransferTask):
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(built.num_features, num_classes))
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.label_smoothing = label_smoothing
+        self.batch_mix = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
         # ModuleDict keys may not shadow Module attributes ("train"), hence the "_metrics" suffix.
         self.metrics = nn.ModuleDict({f"{s}_metrics": self._metrics(num_classes) for s in ("train", "val", "test")})
         self.per_class = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")})
@@ -68,13 +73,19 @@ class ClassificationTask(TransferTask):
         return self.head(self.backbone_features(self.normalize(images)))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, with label smoothing when configured."""
+        """Cross-entropy (class indices or, after MixUp/CutMix, class probabilities), with label smoothing."""
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
-        loss = self.loss(logits, targets)
+        if stage == "train" and self.batch_mix is not None:
+            images, soft_targets = self.batch_mix(images.float(), targets)  # mixing is linear: 0-255 is fine
+            logits = self(images)
+            loss = self.loss(logits, soft_targets)
+            targets = soft_targets.argmax(dim=-1)  # train accuracy is against each mixed image's dominant label
+        else:
+            logits = self(images)
+            loss = self.loss(logits, targets)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits, targets)
         on_step = stage == "train"
@@ -115,6 +126,17 @@ class ClassificationTask(TransferTask):
 
     def on_test_epoch_end(self) -> None:
         self._end_of_evaluation("test")
+
+
+def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
+    """MixUp and/or CutMix on whole training batches (one of them, chosen per batch, when both are on)."""
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise UserError(f"model.mixup_alpha and model.cutmix_alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+    mixers = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+    mixers += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def confusion_figure(matrix: torch.Tensor, class_names: list[str]) -> Any:
