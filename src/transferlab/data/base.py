@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from transferlab.data.device_loader import DeviceBatchLoader, device_augment_from
 from transferlab.utils.errors import UserError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -94,6 +95,7 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
         examples_per_class: int | None = None,
         image_size: int = 32,
         augment: Transform | None = None,
+        on_gpu: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -107,8 +109,11 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
         self.examples_per_class = examples_per_class
         self.image_size = image_size
         self.augment = augment
+        self.on_gpu = on_gpu
         self.classes: list[str] = []
         self._splits: dict[str, Dataset] = {}
+        self._sources: dict[str, tuple[Dataset, list[int] | None]] = {}
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- what subclasses provide -------------------------------------------------------------------
     @abc.abstractmethod
@@ -142,6 +147,7 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
         train_idx, val_idx = split_train_val(len(train), self.val_fraction, self.split_seed)  # type: ignore
         if self.examples_per_class:
             train_idx = few_shot(train_idx, targets_of(train), self.examples_per_class, self.split_seed)
+        self._sources = {"train": (train, train_idx), "val": (train, val_idx), "test": (test, None)}
         self._splits = {
             "train": Transformed(train, train_idx, self.train_transform()),
             "val": Transformed(train, val_idx, self.eval_transform()),
@@ -157,7 +163,31 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
             )
         return self.batch_size // world
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def device_resident(self) -> bool:
+        """Whether batches come from tensors kept on the training device (`on_gpu`; auto: in-memory on GPU)."""
+        in_memory = all(isinstance(source, TensorImageDataset) for source, _ in self._sources.values())
+        if self.on_gpu is None:
+            return in_memory and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        if self.on_gpu and not in_memory:
+            raise UserError(f"data.on_gpu=true needs an in-memory dataset; {type(self).__name__} reads files")
+        return bool(self.on_gpu)
+
+    def _device_loader(self, split: str, shuffle: bool) -> DeviceBatchLoader:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if split not in self._on_device:  # copied to the device once, kept for the whole run
+            source, indices = self._sources[split]
+            images, targets = source.images, source.targets  # type: ignore[attr-defined]
+            if indices is not None:
+                images, targets = images[indices], targets[indices]
+            self._on_device[split] = (images.to(device), targets.to(device))
+        images, targets = self._on_device[split]
+        augment = device_augment_from(self.train_transform(), self.image_size) if shuffle else None
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return DeviceBatchLoader(images, targets, self.per_device_batch_size(), shuffle, augment, rank, world)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | DeviceBatchLoader:
+        if self.device_resident():
+            return self._device_loader(split, shuffle)
         dataset = self._splits[split]
         batch_size = self.per_device_batch_size()
         return DataLoader(
@@ -170,14 +200,14 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader | DeviceBatchLoader:
         return self.test_dataloader()
