@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from transferlab.train import run
+from transferlab.utils.errors import UserError
 
 
 def build(make_cfg, *overrides: str):
@@ -129,3 +130,12 @@ def test_mixup_and_cutmix_train_on_soft_targets(make_cfg) -> None:
     fit(model, dm)  # and a training step runs on them
     with pytest.raises(Exception, match="must be >= 0"):
         build(make_cfg, "model.mixup_alpha=-1")
+
+
+def test_gradual_under_ddp_asks_for_unused_parameter_search(make_cfg) -> None:
+    _, _, model = build(make_cfg, "model.finetune.mode=gradual")
+    model.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    with pytest.raises(UserError, match="trainer.strategy=ddp_find_unused_parameters_true"):
+        model.setup("fit")
+    model.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", logger=False)
+    model.setup("fit")

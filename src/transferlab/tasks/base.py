@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from transferlab.finetune import Finetune
@@ -24,6 +25,11 @@ from transferlab.utils.errors import UserError, describe
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+
+
+def _ddp_without_unused_parameter_search(trainer: pl.Trainer) -> bool:
+    strategy = trainer.strategy
+    return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
 
 
 class TransferTask(pl.LightningModule):
@@ -81,6 +87,11 @@ class TransferTask(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.finetune.prepare(self.backbone)
+        if stage == "fit" and self.finetune.mode == "gradual" and _ddp_without_unused_parameter_search(self.trainer):
+            raise UserError(
+                "finetune.mode=gradual under DDP needs find_unused_parameters (the frozen backbone gets no "
+                "gradients at first). Add trainer.strategy=ddp_find_unused_parameters_true"
+            )
 
     def configure_model(self) -> None:
         if self._use_channels_last():
