@@ -114,3 +114,27 @@ def test_targets_point_into_the_package() -> None:
             if "_target_:" in line:
                 target = line.split("_target_:")[1].strip()
                 assert not target.startswith("src."), f"{path}: {target}"
+
+
+def test_named_callback_can_be_switched_off(make_cfg) -> None:
+    cfg = make_cfg("callbacks.early_stopping=null")
+    names = {type(c).__name__ for c in instantiate_named(cfg.callbacks)}
+    assert "EarlyStopping" not in names and "ModelCheckpoint" in names
+
+
+def test_data_dir_follows_environment(make_cfg, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TRANSFERLAB_DATA", str(tmp_path / "datasets"))
+    cfg = make_cfg("data=cifar10", tiny=False)
+    assert cfg.data.root == str(tmp_path / "datasets" / "cifar")
+
+
+def test_optional_local_config_is_applied(make_cfg) -> None:
+    local = CONF / "local" / "default.yaml"
+    if local.exists():
+        pytest.skip("a personal conf/local/default.yaml exists; not touching it")
+    local.write_text("# @package _global_\nseed: 1234\n")
+    try:
+        assert make_cfg(tiny=False).seed == 1234
+    finally:
+        local.unlink()
+    assert make_cfg(tiny=False).seed == 0

@@ -187,3 +187,43 @@ def test_global_batch_is_split_per_device() -> None:
         dm.per_device_batch_size()
     dm.batch_size = 9
     assert dm.per_device_batch_size() == 3
+
+
+def test_cifar_download_offline_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import urllib.error
+
+    import torchvision.datasets.cifar as cifar_module
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(cifar_module, "download_and_extract_archive", no_network)
+    dm = CIFARDataModule(root=str(tmp_path), download=True)
+    with pytest.raises(UserError, match=r"could not download cifar-10-python.tar.gz.*set data.download=false"):
+        dm.prepare_data()
+
+
+def test_shapes_export_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transferlab.data.shapes",
+            str(tmp_path / "out"),
+            "--image-size",
+            "16",
+            "--train-per-class",
+            "2",
+            "--val-per-class",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out" / "train").rglob("*.png"))) == 20
+    assert len(list((tmp_path / "out" / "val").rglob("*.png"))) == 10

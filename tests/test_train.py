@@ -48,3 +48,24 @@ def test_bad_config_values_become_user_errors_before_training(make_cfg, override
     with pytest.raises(UserError, match=message):
         run(cfg)
     assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
+def test_eval_on_other_data_than_the_run_used(make_cfg) -> None:
+    from transferlab.evaluate import run as evaluate
+
+    cfg = make_cfg("test=false")
+    run(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+    same = evaluate(make_cfg(f"ckpt_path={ckpt}", "trainer.accelerator=cpu", name="eval", out="eval_same"))
+    other = evaluate(
+        make_cfg(
+            f"ckpt_path={ckpt}",
+            "trainer.accelerator=cpu",
+            "data=shapes",
+            "data.seed=7",
+            "data.test_size=30",
+            name="eval",
+            out="eval_other",
+        )
+    )
+    assert set(same) == set(other) and same["test/loss"] != other["test/loss"]
