@@ -1,11 +1,13 @@
 """The core the CLI entry points share: Hydra app wrapper, building trainer/callbacks/loggers from config,
-collecting final metrics and writing them atomically."""
+collecting final metrics and writing them atomically, and what makes a job re-launchable (finished marker,
+resume from ``last.ckpt``, DDP ranks that re-enter the same job)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,22 +17,40 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.types import RunMode
+from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies.launchers import subprocess_script
 
 from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError, report_user_errors
+from transferlab.utils.resolvers import register_resolvers
+
+register_resolvers()
+
+METRICS_FILE = "metrics.json"
+_entry_module = "transferlab.train"
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Turn ``run(cfg)`` into a Hydra CLI on transferlab's configs, printing `UserError`s as one line."""
 
     def wrap(run: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        global _entry_module
+        _entry_module = _module_name(run)
         return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
             report_user_errors(run)
         )
 
     return wrap
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """Importable name of `fn`'s module, also when it runs as ``python -m transferlab.train``."""
+    if fn.__module__ == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        return spec.name if spec is not None else fn.__module__
+    return fn.__module__
 
 
 def instantiate_named(group: DictConfig | None) -> list[Any]:
@@ -87,3 +107,41 @@ def task_overrides() -> list[str]:
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The whole config with every ``${…}`` resolved, as plain containers."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def finished_summary(job_dir: Path) -> dict[str, Any] | None:
+    """The stored ``metrics.json`` of a finished job in `job_dir`, or None (it is written last, atomically)."""
+    path = job_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def resume_checkpoint(job_dir: Path) -> Path | None:
+    """``last.ckpt`` of an unfinished job in `job_dir` (a killed sweep job), to continue where it stopped."""
+    last = job_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() and not (job_dir / METRICS_FILE).is_file() else None
+
+
+def is_multirun() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning's DDP launcher starts for rank `local_rank` > 0 on this node.
+
+    Lightning's own version re-runs ``sys.argv``, which inside a multirun (``-m seed=0,1``) is the whole sweep,
+    and under a submitit worker is not a transferlab command at all. This one re-runs exactly this job: its
+    own overrides, as a single run, in its own directory, writing no Hydra output of its own.
+    """
+    hydra_cfg = HydraConfig.get()
+    command = [sys.executable, "-m", _entry_module, *hydra_cfg.overrides.task]
+    command += [
+        f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
+        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        "hydra.output_subdir=null",
+    ]
+    return command, get_original_cwd()
+
+
+subprocess_script._hydra_subprocess_cmd = ddp_child_command
