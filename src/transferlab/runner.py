@@ -4,6 +4,7 @@ resume from ``last.ckpt``, DDP ranks that re-enter the same job)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,10 +40,39 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         global _entry_module
         _entry_module = _module_name(run)
         return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
-            report_user_errors(run)
+            report_user_errors(isolated_job(run))
         )
 
     return wrap
+
+
+# What Lightning's DDP launcher puts into os.environ of the launching process for its child ranks.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
+
+
+def isolated_job(run: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Leave no distributed state behind a job, so the next job of an in-process multirun starts its own.
+
+    Lightning keeps the process group (and the port in ``MASTER_PORT``) alive after `fit`/`test`; a second
+    DDP job in the same process would reuse the dead group of the first one and fail talking to its
+    exited ranks.
+    """
+
+    @functools.wraps(run)
+    def wrapper(cfg: DictConfig) -> Any:
+        saved = {name: os.environ.get(name) for name in _DDP_ENV}
+        try:
+            return run(cfg)
+        finally:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    return wrapper
 
 
 def _module_name(fn: Callable[..., Any]) -> str:
