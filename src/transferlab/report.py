@@ -182,9 +182,9 @@ def plot(groups: Sequence[Group], metric: str, x_key: str, path: Path) -> None:
     for label, points in sorted(lines.items()):
         points.sort(key=lambda p: (isinstance(p[0], str), p[0]))
         xs, means, stds = zip(*points)
-        axes.errorbar(
-            [str(x) if isinstance(x, str) else x for x in xs], means, yerr=stds, marker="o", capsize=3, label=label
-        )
+        if any(isinstance(x, str) for x in xs):  # a categorical key (e.g. a backbone name)
+            xs = tuple(str(x) for x in xs)
+        axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
     axes.set_xlabel(x_key)
     axes.set_ylabel(metric)
     axes.grid(alpha=0.3)

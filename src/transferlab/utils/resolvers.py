@@ -14,8 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
-MAX_DIRNAME = 120
+MAX_DIRNAME = 160
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
+_LONG_NUMBER = re.compile(r"(?<==)-?\d+\.\d{5,}(?:e-?\d+)?(?=,|$)")  # Optuna's 0.0022881136684755237
 
 
 def direction(mode: str) -> str:
@@ -28,14 +29,16 @@ def direction(mode: str) -> str:
 def job_dirname(override_dirname: str, job_num: int | str = 0) -> str:
     """A file-system-safe, stable directory name for a sweep job from its overrides.
 
-    ``model.backbone.name=resnet18,seed=1`` stays as it is, so TensorBoard's run list is readable. Characters
-    that could nest directories or confuse shells become ``_``; a name that had to change or is too long
+    ``model.backbone.name=resnet18,seed=1`` stays as it is, so TensorBoard's run list is readable. Long
+    decimals (Optuna's samples) are rounded to 4 significant digits, characters that could nest directories
+    or confuse shells become ``_``; a name that had to change or is too long
     gets a short hash of the original overrides, so two different jobs never share a directory and the
     same job always maps to the same one (which is what lets a re-launched sweep find its finished jobs).
     """
     if not override_dirname:
         return f"job{job_num}"
-    name = _UNSAFE.sub("_", override_dirname).lstrip(".")
+    name = _LONG_NUMBER.sub(lambda m: f"{float(m.group()):.4g}", override_dirname)
+    name = _UNSAFE.sub("_", name).lstrip(".")
     if name == override_dirname and len(name) <= MAX_DIRNAME:
         return name
     digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
