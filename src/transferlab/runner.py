@@ -25,9 +25,6 @@ from pytorch_lightning.strategies.launchers import subprocess_script
 
 from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError, report_user_errors
-from transferlab.utils.resolvers import register_resolvers
-
-register_resolvers()
 
 METRICS_FILE = "metrics.json"
 _entry_module = "transferlab.train"
@@ -93,11 +90,26 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
     """Build the Lightning trainer of `cfg.trainer`, turning config mistakes into one-line errors."""
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except (ValueError, RuntimeError, TypeError) as err:  # MisconfigurationException is a ValueError subclass
         if isinstance(err, TypeError) and "unexpected keyword" not in str(err):
             raise
         raise UserError(f"invalid trainer settings: {err}. Check the trainer.* overrides") from err
+    check_precision(str(cfg.trainer.get("precision")), trainer)
+    return trainer
+
+
+def check_precision(requested: str, trainer: pl.Trainer) -> None:
+    """Refuse a precision Lightning would silently replace (fp16 AMP on a CPU becomes bf16 with a warning).
+
+    The config, the logged hparams and metrics.json would otherwise name a precision the run never used.
+    """
+    if requested in ("16", "16-mixed") and trainer.precision != "16-mixed":
+        device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+        raise UserError(
+            f"trainer.precision={requested} (float16 mixed precision) needs a CUDA GPU, this run is on {device}. "
+            "Use trainer.precision=bf16-mixed on CPUs, or trainer=gpu"
+        )
 
 
 def output_dir() -> Path:
