@@ -81,15 +81,19 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    """Start a console script in its own process group (so a test can kill it with all its children)."""
+def start_cli(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    """Start a console script in its own process group (so a test can kill it with all its children).
+
+    Its stdout and stderr go to `log`.
+    """
     command, env = cli_command(*args, cwd=cwd)
-    return subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with log.open("w") as out:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )

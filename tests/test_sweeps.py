@@ -143,11 +143,14 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cwd = tmp_path_factory.mktemp("grid")
     sweep_dir = cwd / "outputs" / "multirun" / "grid"
     started = time.monotonic()
-    first = start_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
+    log = cwd / "first_launch.log"
+    first = start_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd, log=log)
     try:
         wait_for(lambda: any(sweep_dir.glob("*/metrics.json")) or first.poll() is not None, 300, "the first job")
+        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
     relaunch = run_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
