@@ -78,9 +78,7 @@ def find_jobs(dirs: Sequence[Path]) -> list[Job]:
     for root in dirs:
         if not root.is_dir():
             raise UserError(f"{root} is not a directory. Pass sweep or run directories, e.g. outputs/multirun/<date>")
-        for marker in (*root.rglob(METRICS_FILE), *root.rglob(".hydra")):
-            if marker.parent.name != "eval" or marker.name == METRICS_FILE:
-                job_dirs.add(marker.parent.resolve())
+        job_dirs.update(marker.parent.resolve() for marker in (*root.rglob(METRICS_FILE), *root.rglob(".hydra")))
     if not job_dirs:
         raise UserError(f"no jobs found under {', '.join(map(str, dirs))}. Pass directories tl-train wrote")
     return [read_job(path) for path in sorted(job_dirs)]
