@@ -290,3 +290,22 @@ def test_unfinished_job_resumes_from_last_checkpoint(make_cfg: Callable[..., Dic
     summary = json.loads((job_dir / "metrics.json").read_text())
     assert summary["resumed_from"] == str(job_dir / "checkpoints" / "last.ckpt")
     assert summary["epochs"] == 2 and summary["global_step"] == 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize(
+    ("name", "swept"),
+    [
+        ("scratch_vs_transfer", {"model.backbone.weights", "seed"}),
+        ("finetune_modes", {"model.finetune.mode", "seed"}),
+        ("fewshot_transfer", {"data.examples_per_class", "model.backbone.weights", "seed"}),
+        ("contrast_augmentation", {"data/augment", "seed"}),
+    ],
+)
+def test_experiment_recipes_are_sweeps_over_seeds(make_cfg: Callable[..., DictConfig], name: str, swept: set) -> None:
+    cfg = make_cfg(f"experiment={name}", "++source_weights=/runs/source/best.ckpt", tiny=False)
+    params = cfg.hydra.sweeper.params
+    assert set(params) == swept and params.seed == "0,1,2"
+    if "model.backbone.weights" in params:
+        assert params["model.backbone.weights"] == "null,/runs/source/best.ckpt"
+    if name == "finetune_modes":
+        assert cfg.model.backbone.weights == "/runs/source/best.ckpt"
