@@ -59,13 +59,19 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     GlobalHydra.instance().clear()
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a console script the way a user does (a subprocess), capturing its output."""
+def cli_command(*args: str, cwd: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a console script run from `cwd`, as a user runs it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERLAB_ROOT": str(cwd)}
     script = Path(sys.executable).parent / args[0]
     command = [str(script)] if script.exists() else [args[0]]
+    return [*command, *args[1:]], env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a console script the way a user does (a subprocess), capturing its output."""
+    command, env = cli_command(*args, cwd=cwd)
     return subprocess.run(
-        [*command, *args[1:]],
+        command,
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -73,3 +79,21 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_cli(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    """Start a console script in its own process group (so a test can kill it with all its children).
+
+    Its stdout and stderr go to `log`.
+    """
+    command, env = cli_command(*args, cwd=cwd)
+    with log.open("w") as out:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )

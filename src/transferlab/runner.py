@@ -1,5 +1,6 @@
 """The core the CLI entry points share: Hydra app wrapper, building trainer/callbacks/loggers from config,
-collecting final metrics and writing them atomically."""
+collecting final metrics and writing them atomically, and what makes a job re-launchable (finished marker,
+resume from ``last.ckpt``, DDP ranks that re-enter the same job)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,18 +19,26 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.types import RunMode
+from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+from pytorch_lightning.strategies.launchers import subprocess_script
 
 from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError, describe, find_user_error, report_user_errors
+
+METRICS_FILE = "metrics.json"
+_entry_module = "transferlab.train"
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Turn ``run(cfg)`` into a Hydra CLI on transferlab's configs, printing `UserError`s as one line."""
 
     def wrap(run: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        global _entry_module
+        _entry_module = _module_name(run)
+
         @functools.wraps(run)
         def checked(cfg: DictConfig) -> Any:
             try:
@@ -38,10 +48,47 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
 
         return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
-            report_user_errors(checked)
+            report_user_errors(isolated_job(checked))
         )
 
     return wrap
+
+
+# What Lightning's DDP launcher puts into os.environ of the launching process for its child ranks.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
+
+
+def isolated_job(run: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Leave no distributed state behind a job, so the next job of an in-process multirun starts its own.
+
+    Lightning keeps the process group (and the port in ``MASTER_PORT``) alive after `fit`/`test`; a second
+    DDP job in the same process would reuse the dead group of the first one and fail talking to its
+    exited ranks.
+    """
+
+    @functools.wraps(run)
+    def wrapper(cfg: DictConfig) -> Any:
+        saved = {name: os.environ.get(name) for name in _DDP_ENV}
+        try:
+            return run(cfg)
+        finally:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    return wrapper
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """Importable name of `fn`'s module, also when it runs as ``python -m transferlab.train``."""
+    if fn.__module__ == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        return spec.name if spec is not None else fn.__module__
+    return fn.__module__
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -71,7 +118,22 @@ def instantiate_named(group: DictConfig | None, key: str = "callbacks") -> list[
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
     """Build the Lightning trainer of `cfg.trainer` with the run's callbacks and loggers."""
-    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    check_precision(str(cfg.trainer.get("precision")), trainer)
+    return trainer
+
+
+def check_precision(requested: str, trainer: pl.Trainer) -> None:
+    """Refuse a precision Lightning would silently replace (fp16 AMP on a CPU becomes bf16 with a warning).
+
+    The config, the logged hparams and metrics.json would otherwise name a precision the run never used.
+    """
+    if requested in ("16", "16-mixed") and trainer.precision != "16-mixed":
+        device = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+        raise UserError(
+            f"trainer.precision={requested} (float16 mixed precision) needs a CUDA GPU, this run is on {device}. "
+            "Use trainer.precision=bf16-mixed on CPUs, or trainer=gpu"
+        )
 
 
 def output_dir() -> Path:
@@ -111,3 +173,43 @@ def task_overrides() -> list[str]:
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The whole config with every ``${…}`` resolved, as plain containers."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def finished_summary(job_dir: Path) -> dict[str, Any] | None:
+    """The stored ``metrics.json`` of a finished job in `job_dir`, or None (it is written last, atomically)."""
+    path = job_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def resume_checkpoint(job_dir: Path) -> Path | None:
+    """``last.ckpt`` of an unfinished job in `job_dir` (a killed sweep job), to continue where it stopped."""
+    last = job_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() and not (job_dir / METRICS_FILE).is_file() else None
+
+
+def is_multirun() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning's DDP launcher starts for rank `local_rank` > 0 on this node.
+
+    Lightning's own version re-runs ``sys.argv``, which inside a multirun (``-m seed=0,1``) is the whole sweep,
+    and under a submitit worker is not a transferlab command at all. This one re-runs exactly this job: its
+    own overrides, as a single run, in its own directory, writing no Hydra output of its own.
+    """
+    hydra_cfg = HydraConfig.get()
+    command = [sys.executable, "-m", _entry_module, *hydra_cfg.overrides.task]
+    command += [
+        f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
+        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
+        "hydra.output_subdir=null",
+    ]
+    return command, get_original_cwd()
+
+
+# Lightning (pinned <2.7 in pyproject) has no setting for this command; its launcher looks the function up
+# in this module at launch time, so replacing it here is enough (tested by tests/test_distributed.py).
+subprocess_script._hydra_subprocess_cmd = ddp_child_command

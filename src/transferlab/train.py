@@ -15,12 +15,16 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from transferlab import __version__
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
 from transferlab.runner import (
+    METRICS_FILE,
     build,
     build_trainer,
+    finished_summary,
     hydra_app,
     instantiate_named,
+    is_multirun,
     output_dir,
     resolved,
+    resume_checkpoint,
     scalar_metrics,
     task_overrides,
     write_json_atomic,
@@ -45,6 +49,14 @@ def run(cfg: DictConfig) -> float | None:
     """Train and/or test as `cfg` says; return the best monitored value (what sweepers optimise)."""
     started = time.time()
     check_config(cfg)
+    job_dir = output_dir()
+    if is_multirun() and (done := finished_summary(job_dir)) is not None:  # a re-launched sweep
+        print(f"Skipping finished job {job_dir} ({METRICS_FILE} exists)", flush=True)
+        return done["monitor"]["best"]
+    ckpt_path = cfg.ckpt_path
+    if cfg.train and ckpt_path is None and (last := resume_checkpoint(job_dir)) is not None:
+        print(f"Resuming unfinished job from {last}", flush=True)
+        ckpt_path = str(last)
     if cfg.seed is not None:  # seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -59,7 +71,7 @@ def run(cfg: DictConfig) -> float | None:
 
     metrics: dict[str, float] = {}
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
@@ -75,14 +87,15 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "best_checkpoint": best_path or None,
+        "resumed_from": ckpt_path if cfg.train else None,
         "wall_time_s": round(time.time() - started, 2),
         "overrides": task_overrides(),
         "version": __version__,
     }
     if trainer.is_global_zero:
         log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
-        write_json_atomic(output_dir() / "metrics.json", summary)
-        print(f"Run directory: {output_dir()}", flush=True)
+        write_json_atomic(job_dir / METRICS_FILE, summary)  # last: it marks the job finished
+        print(f"Run directory: {job_dir}", flush=True)
     return best
 
 

@@ -7,6 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from transferlab.utils.resolvers import register_resolvers
+
+register_resolvers()  # whoever finds the configs can also resolve their ${tl.…} interpolations
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,50 @@
+"""DDP with two CPU processes (`trainer=ddp_sim`, gloo), as single runs and inside a multirun: one directory per
+job, rank 1 working in it, metrics synced across ranks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+def job_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob(".hydra"))
+
+
+@pytest.mark.slow
+def test_ddp_sim_run_test_accuracy_equals_single_process_eval(tmp_path: Path) -> None:
+    result = run_cli("tl-train", "debug=tiny", "trainer=ddp_sim", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = job_dirs(tmp_path / "outputs" / "runs")
+    assert len(runs) == 1, f"rank 1 must not create a run directory of its own: {runs}"
+    run_dir = runs[0]
+    assert (run_dir / "train_rank1.log").is_file(), "rank 1 re-ran this job in this directory"
+    trained = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    evaluated = run_cli("tl-eval", f"ckpt_path={ckpt}", "trainer.accelerator=cpu", "trainer.devices=1", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (eval_dir,) = job_dirs(tmp_path / "outputs" / "eval")
+    single = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+    assert trained["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
+    assert trained["test/acc_top5"] == pytest.approx(single["test/acc_top5"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_sim_inside_multirun_one_directory_per_job(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "debug=tiny", "trainer=ddp_sim", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli("tl-train", *args, cwd=tmp_path, timeout=420)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = {f"debug=tiny,seed={seed},trainer=ddp_sim": seed for seed in (0, 1)}
+    assert {p.name for p in job_dirs(sweep_dir)} == set(names)
+    assert not (tmp_path / "outputs").exists(), "no stray run directories from the child ranks"
+    for name, seed in names.items():
+        job = sweep_dir / name
+        assert (job / "train_rank1.log").is_file(), "rank 1 re-ran exactly this job, in this directory"
+        summary = json.loads((job / "metrics.json").read_text())
+        assert f"seed={seed}" in summary["overrides"] and "test/acc" in summary["metrics"]

@@ -1,0 +1,314 @@
+"""Sweeps as a user runs them: a multirun grid killed midway and re-launched, its report, TensorBoard on it,
+Optuna, the submitit launcher; plus the fast pieces (job names, resolvers, launcher configs) in-process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import DictConfig
+
+from conftest import run_cli, start_cli
+from transferlab.data.shapes import ShapesDataModule
+from transferlab.report import report
+from transferlab.runner import build_trainer
+from transferlab.train import run
+from transferlab.utils.errors import UserError
+from transferlab.utils.resolvers import direction, job_dirname
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["debug=tiny", "data.examples_per_class=2,4", "seed=0,1"]
+GRID_JOBS = {f"data.examples_per_class={k},debug=tiny,seed={s}" for k in (2, 4) for s in (0, 1)}
+REPORT = [sys.executable, "-m", "transferlab.report"]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+# -- job directory names, resolvers, configs (no training) ------------------------------------------------------
+def test_job_dirname_is_readable_safe_and_stable() -> None:
+    assert job_dirname("model.backbone.name=resnet18,seed=1") == "model.backbone.name=resnet18,seed=1"
+    assert job_dirname("", 3) == "job3"
+    weights = job_dirname("model.backbone.weights=/runs/a/best.ckpt,seed=0")
+    assert "/" not in weights and weights.startswith("model.backbone.weights=_runs_a_best.ckpt,seed=0-")
+    assert weights != job_dirname("model.backbone.weights=_runs_a_best.ckpt,seed=0"), "sanitising must not collide"
+    optuna = job_dirname("model.optimizer.lr=0.0022881136684755237,seed=0")
+    assert optuna.startswith("model.optimizer.lr=0.002288,seed=0-")
+    long = ",".join(f"key{i}=value{i}" for i in range(40))
+    assert len(job_dirname(long)) <= 160 and job_dirname(long) == job_dirname(long)
+    assert job_dirname(long) != job_dirname(long + ",seed=1")
+
+
+def test_optuna_direction_follows_monitor_mode(make_cfg: Callable[..., DictConfig]) -> None:
+    assert (direction("max"), direction("min")) == ("maximize", "minimize")
+    assert make_cfg("sweep=optuna").hydra.sweeper.direction == "maximize"
+    cfg = make_cfg("sweep=optuna", "monitor.metric=val/loss", "monitor.mode=min")
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert set(cfg.hydra.sweeper.params) == {
+        "model.optimizer.lr",
+        "model.optimizer.weight_decay",
+        "model.backbone.name",
+    }
+
+
+def test_slurm_launcher_is_sized_from_the_trainer(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_fp16_on_cpu_is_a_user_error_and_bf16_works(make_cfg: Callable[..., DictConfig]) -> None:
+    with pytest.raises(UserError, match=r"trainer.precision=16-mixed .* needs a CUDA GPU.*bf16-mixed"):
+        build_trainer(make_cfg("trainer.precision=16-mixed"), [], [])
+    assert build_trainer(make_cfg("trainer.precision=bf16-mixed"), [], []).precision == "bf16-mixed"
+
+
+def test_few_shot_subset_depends_on_split_seed_only() -> None:
+    """BiT's protocol: every job with the same split seed trains on the same K images per class."""
+
+    def train_indices(split_seed: int, global_seed: int) -> list[int]:
+        torch.manual_seed(global_seed)  # what `seed=` does to the global RNGs
+        data = ShapesDataModule(train_size=200, test_size=20, examples_per_class=3, split_seed=split_seed)
+        data.setup("fit")
+        subset = data._splits["train"].dataset
+        assert len(subset) == 3 * data.num_classes
+        return list(subset.indices)
+
+    assert train_indices(0, global_seed=1) == train_indices(0, global_seed=2)
+    assert train_indices(0, global_seed=1) != train_indices(1, global_seed=1)
+
+
+def test_tl_report_is_a_console_script() -> None:
+    import transferlab.report
+
+    assert 'tl-report = "transferlab.report:main"' in (ROOT / "pyproject.toml").read_text()
+    assert callable(transferlab.report.main)
+
+
+# -- tl-report on hand-made job directories (no training) -------------------------------------------------------
+def fake_job(root: Path, overrides: list[str], metrics: dict[str, float] | None) -> None:
+    job = root / ",".join(overrides)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        summary = {"metrics": metrics, "monitor": {"metric": "val/psnr", "mode": "max", "best": metrics["val/psnr"]}}
+        (job / "metrics.json").write_text(json.dumps({**summary, "overrides": overrides}))
+
+
+def test_report_mean_std_count_and_unfinished_jobs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep = tmp_path / "sweep"
+    for seed, psnr in ((0, 30.0), (1, 32.0), (2, 34.0)):
+        fake_job(sweep, ["model.name=dncnn", f"seed={seed}"], {"val/psnr": psnr, "test/psnr": psnr - 1})
+    fake_job(sweep, ["model.name=unet", "seed=0"], {"val/psnr": 35.0, "test/psnr": 34.0})
+    fake_job(sweep, ["model.name=unet", "seed=1"], None)  # killed: no metrics.json
+
+    text = report([str(sweep), "--plot", str(tmp_path / "psnr.png"), "--x", "model.name"])
+    assert "| model.name | jobs | best val/psnr | test/psnr | val/psnr |" in text
+    assert "| dncnn | 3/3 | 32.0000 ± 2.0000 (n=3) | 31.0000 ± 2.0000 (n=3) |" in text
+    assert "| unet | 1/2 | 35.0000 (n=1) |" in text
+    assert (
+        f"Unfinished jobs (no metrics.json: failed, killed or still running):\n- {sweep / 'model.name=unet,seed=1'}"
+        in text
+    )
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert [(r["model.name"], r["jobs"], r["finished"], r["val/psnr_n"]) for r in rows] == [
+        ("dncnn", "3", "3", "3"),
+        ("unet", "2", "1", "1"),
+    ]
+    assert (tmp_path / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="not a directory"):
+        report([str(tmp_path / "missing")])
+
+
+# -- a real 2×2 grid: killed after its first job, re-launched into the same directory ---------------------------
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cwd = tmp_path_factory.mktemp("grid")
+    sweep_dir = cwd / "outputs" / "multirun" / "grid"
+    started = time.monotonic()
+    log = cwd / "first_launch.log"
+    first = start_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd, log=log)
+    try:
+        wait_for(lambda: any(sweep_dir.glob("*/metrics.json")) or first.poll() is not None, 300, "the first job")
+        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    finished_before = {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
+    relaunch = run_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    return {
+        "cwd": cwd,
+        "dir": sweep_dir,
+        "finished_before": finished_before,
+        "relaunch": relaunch,
+        "seconds": time.monotonic() - started,
+    }
+
+
+@pytest.mark.slow
+def test_grid_writes_readable_job_dirs_and_metrics(grid: dict) -> None:
+    sweep_dir: Path = grid["dir"]
+    assert {p.name for p in sweep_dir.iterdir() if p.is_dir()} == GRID_JOBS
+    assert not (grid["cwd"] / "outputs" / "runs").exists() and not list(sweep_dir.rglob("version_*"))
+    for name in GRID_JOBS:
+        job = sweep_dir / name
+        summary = json.loads((job / "metrics.json").read_text())
+        assert sorted(summary["overrides"]) == sorted(name.split(","))
+        assert {"monitor", "metrics", "epochs", "wall_time_s", "version"} <= set(summary)
+        assert "test/acc" in summary["metrics"] and summary["monitor"]["best"] is not None
+        assert list(job.glob("events.out.tfevents.*")) and (job / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_relaunch_runs_only_the_missing_jobs(grid: dict) -> None:
+    finished_before: dict[str, int] = grid["finished_before"]
+    assert 1 <= len(finished_before) < 4, "the kill should have stopped the sweep midway"
+    for name, mtime in finished_before.items():
+        assert (grid["dir"] / name / "metrics.json").stat().st_mtime_ns == mtime, f"{name} ran again"
+    stdout = grid["relaunch"].stdout
+    assert stdout.count("Skipping finished job") == len(finished_before)
+    assert stdout.count("Run directory:") == 4 - len(finished_before)
+
+
+@pytest.mark.slow
+def test_report_of_the_grid(grid: dict, tmp_path: Path) -> None:
+    plot = tmp_path / "acc.png"
+    args = [*REPORT, str(grid["dir"]), "--plot", str(plot), "--x", "data.examples_per_class"]
+    result = run_cli(*args, "--plot-metric", "test/acc", cwd=grid["cwd"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 jobs in 2 groups (grouped by overrides except seed)" in result.stdout
+    assert "common overrides: debug=tiny" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2 and all("| 2/2 |" in row and "(n=2)" in row for row in rows)
+    assert "Unfinished" not in result.stdout
+    table = list(csv.DictReader((grid["dir"] / "report.csv").open()))
+    assert [(r["data.examples_per_class"], r["test/acc_n"]) for r in table] == [("2", "2"), ("4", "2")]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_tensorboard_lists_each_job_with_hparams_and_final_metrics(grid: dict) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    board = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(grid["dir"]), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/data"
+
+    def get(path: str, body: dict | None = None) -> object:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
+        with urllib.request.urlopen(urllib.request.Request(url + path, data, headers), timeout=10) as response:
+            return json.load(response)
+
+    def runs_listed() -> bool:
+        try:
+            return set(get("/runs")) == GRID_JOBS  # type: ignore[arg-type]
+        except OSError:
+            return False
+
+    try:
+        wait_for(runs_listed, 90, "TensorBoard to list the 4 jobs")
+        request = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": []}
+        groups = get("/plugin/hparams/session_groups", {**request, "startIndex": 0, "sliceSize": 100})
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
+    sessions = {group["name"]: group for group in groups["sessionGroups"]}  # type: ignore[index]
+    assert set(sessions) == GRID_JOBS
+    for name, group in sessions.items():
+        overrides = dict(item.split("=") for item in name.split(","))
+        hparams = group["hparams"]
+        assert hparams["data.examples_per_class"] == float(overrides["data.examples_per_class"])
+        assert hparams["seed"] == float(overrides["seed"]) and hparams["model.backbone.name"] == "mobilenet_v3_small"
+        assert not [key for key, value in hparams.items() if "${" in str(value)], "hparams must be resolved"
+        final = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        stored = json.loads((grid["dir"] / name / "metrics.json").read_text())["metrics"]
+        assert final["final/test/acc"] == pytest.approx(stored["test/acc"], abs=1e-6)
+        assert final["final/val/acc"] == pytest.approx(stored["val/acc"], abs=1e-6)
+
+
+# -- Optuna and submitit ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "optuna"
+    args = ["-m", "sweep=optuna", "debug=tiny", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}"]
+    # The search space can be changed on the command line; here: only the small backbone, to keep it quick.
+    result = run_cli("tl-train", *args, "model.backbone.name=choice(mobilenet_v3_small)", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(summaries) == 3
+    for summary in summaries:
+        sampled = dict(item.split("=", 1) for item in summary["overrides"])
+        assert sampled["model.backbone.name"] == "mobilenet_v3_small"
+        assert 1e-4 <= float(sampled["model.optimizer.lr"]) <= 0.03
+        assert 1e-5 <= float(sampled["model.optimizer.weight_decay"]) <= 0.1
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(s["monitor"]["best"] for s in summaries))
+    assert "Directions: ['maximize']" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_job(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "submitit"
+    args = ["-m", "hydra/launcher=submitit_local", "debug=tiny", "seed=3", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli("tl-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((sweep_dir / "debug=tiny,seed=3" / "metrics.json").read_text())["overrides"][-1] == "seed=3"
+    assert list((sweep_dir / ".submitit").rglob("*_result.pkl")), "the job ran in a submitit worker process"
+
+
+# -- resume -----------------------------------------------------------------------------------------------------
+def test_unfinished_job_resumes_from_last_checkpoint(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg("callbacks.early_stopping=null")
+    job_dir = Path(cfg.paths.output_dir)
+    run(cfg)
+    steps_per_epoch = json.loads((job_dir / "metrics.json").read_text())["global_step"]
+    (job_dir / "metrics.json").unlink()  # as if the job had been killed after its first epoch
+    run(make_cfg("callbacks.early_stopping=null", "trainer.max_epochs=2"))
+    summary = json.loads((job_dir / "metrics.json").read_text())
+    assert summary["resumed_from"] == str(job_dir / "checkpoints" / "last.ckpt")
+    assert summary["epochs"] == 2 and summary["global_step"] == 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize(
+    ("name", "swept"),
+    [
+        ("scratch_vs_transfer", {"model.backbone.weights", "seed"}),
+        ("finetune_modes", {"model.finetune.mode", "seed"}),
+        ("fewshot_transfer", {"data.examples_per_class", "model.backbone.weights", "seed"}),
+        ("contrast_augmentation", {"data/augment", "seed"}),
+    ],
+)
+def test_experiment_recipes_are_sweeps_over_seeds(make_cfg: Callable[..., DictConfig], name: str, swept: set) -> None:
+    cfg = make_cfg(f"experiment={name}", "++source_weights=/runs/source/best.ckpt", tiny=False)
+    params = cfg.hydra.sweeper.params
+    assert set(params) == swept and params.seed == "0,1,2"
+    if "model.backbone.weights" in params:
+        assert params["model.backbone.weights"] == "null,/runs/source/best.ckpt"
+    if name == "finetune_modes":
+        assert cfg.model.backbone.weights == "/runs/source/best.ckpt"
