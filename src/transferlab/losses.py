@@ -87,7 +87,7 @@ class LossNetwork(nn.Module):
         return_nodes = {}
         for layer in self.layers:
             node = aliases.get(layer, layer)
-            if node not in nodes:
+            if node not in nodes and not any(n.startswith(node + ".") for n in nodes):  # a module: its output
                 known = list(aliases) or sorted(nodes)
                 raise UserError(
                     f"loss network '{name}' has no layer '{layer}'.{closest(layer, known)} "
