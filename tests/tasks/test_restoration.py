@@ -84,7 +84,9 @@ def test_unet_encoder_follows_the_finetune_modes(make_cfg) -> None:
     for key, value in model.backbone.state_dict().items():  # weights and BatchNorm statistics
         assert torch.equal(value, encoder[key]), key
     assert any(not torch.equal(v, decoder[k]) for k, v in model.decoder.state_dict().items())
-    _, gradual = build(make_cfg, "restore_unet", "gaussian_noise", "model.finetune.mode=gradual", "model.scheduler=null")
+    _, gradual = build(
+        make_cfg, "restore_unet", "gaussian_noise", "model.finetune.mode=gradual", "model.scheduler=null"
+    )
     groups = {g["name"]: g["lr"] for g in gradual.configure_optimizers().param_groups}
     assert groups == {"head": 0.001, "backbone": pytest.approx(0.0001)}
 
