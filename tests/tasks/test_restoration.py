@@ -160,7 +160,7 @@ def test_wrong_scale_and_bad_settings_are_user_errors(make_cfg) -> None:
 
 @pytest.mark.slow
 def test_short_denoiser_run_beats_the_noisy_input(make_cfg) -> None:
-    """σ=25 on embedded photos: a few hundred steps of a small DnCNN gain well over 1.5 dB on the input."""
+    """σ=25 on embedded photos: 100 steps of a small DnCNN gain over 3 dB on the noisy input (~6 dB measured)."""
     cfg = make_cfg(
         *PHOTOS,
         "model=denoise",
@@ -177,4 +177,4 @@ def test_short_denoiser_run_beats_the_noisy_input(make_cfg) -> None:
     run(cfg)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["metrics"]
     assert 20.0 < metrics["val/psnr_input"] < 21.5  # σ=25 noise on [0, 255] images: ~20.2 dB before clipping
-    assert metrics["val/psnr"] > metrics["val/psnr_input"] + 1.5, metrics
+    assert metrics["val/psnr"] > metrics["val/psnr_input"] + 3.0, metrics

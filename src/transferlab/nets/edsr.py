@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferlab.nets.dncnn import zero_last
 from transferlab.utils.errors import UserError
 
 
@@ -56,6 +57,7 @@ class EDSR(nn.Module):
             *(ResBlock(channels, res_scale) for _ in range(blocks)), nn.Conv2d(channels, channels, 3, padding=1)
         )
         self.tail = nn.Sequential(upsampler(channels, scale), nn.Conv2d(channels, out_channels, 3, padding=1))
+        zero_last(self.tail[-1])  # starts as bicubic up-scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.head(x)

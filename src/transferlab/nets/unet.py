@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from transferlab.backbones import build_backbone
+from transferlab.nets.dncnn import zero_last
 from transferlab.utils.errors import UserError
 
 
@@ -62,6 +63,7 @@ class UNetDecoder(nn.Module):
             self.stages.append(conv_block(channels + skip, out))
             channels = out
         self.final = nn.Sequential(conv_block(channels + in_channels, width), nn.Conv2d(width, out_channels, 1))
+        zero_last(self.final[-1])  # starts as the identity
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
