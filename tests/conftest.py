@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,11 +60,24 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     GlobalHydra.instance().clear()
 
 
+# Console scripts → their modules, for checkouts whose installed entry points predate a new script.
+ENTRY_MODULES = {
+    "tl-train": "transferlab.train",
+    "tl-eval": "transferlab.evaluate",
+    "tl-predict": "transferlab.predict",
+}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a console script the way a user does (a subprocess), capturing its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFERLAB_ROOT": str(cwd)}
     script = Path(sys.executable).parent / args[0]
-    command = [str(script)] if script.exists() else [args[0]]
+    if script.exists():
+        command = [str(script)]
+    elif shutil.which(args[0]) is None and args[0] in ENTRY_MODULES:
+        command = [sys.executable, "-m", ENTRY_MODULES[args[0]]]
+    else:
+        command = [args[0]]
     return subprocess.run(
         [*command, *args[1:]],
         cwd=cwd,
