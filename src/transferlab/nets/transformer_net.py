@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferlab.nets.dncnn import zero_last
+
 
 def conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
     """Reflection-padded conv + instance norm (+ ReLU): padding by reflection avoids dark borders."""
@@ -40,7 +42,12 @@ class Upsample(nn.Module):
 
 
 class TransformerNet(nn.Module):
-    """Down-sample ×4, `res_blocks` residual blocks, up-sample ×4; `channels` is the first layer's width (32)."""
+    """Down-sample ×4, `res_blocks` residual blocks, up-sample ×4; `channels` is the first layer's width (32).
+
+    Unlike Johnson's original, the output is the input plus the network's (zero-initialised) prediction:
+    training starts from the content image itself and only adds style, which keeps the content recognisable
+    after the few hundred CPU steps of the offline experiment (and with a random-feature loss network).
+    """
 
     def __init__(self, channels: int = 32, res_blocks: int = 5) -> None:
         super().__init__()
@@ -50,6 +57,7 @@ class TransformerNet(nn.Module):
         self.decoder = nn.Sequential(
             Upsample(4 * c, 2 * c), Upsample(2 * c, c), nn.ReflectionPad2d(4), nn.Conv2d(c, 3, 9)
         )
+        zero_last(self.decoder[-1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images → stylized images (roughly [0, 1]; clamp for display), cropped to the input size."""
@@ -57,4 +65,4 @@ class TransformerNet(nn.Module):
         pad_h, pad_w = (-h) % 4, (-w) % 4  # sizes not divisible by 4 are reflect-padded, then cropped back
         x = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else images
         out = self.decoder(self.residuals(self.encoder(x)))
-        return out[..., :h, :w]
+        return images + out[..., :h, :w]
