@@ -100,7 +100,7 @@ def test_eval_of_missing_checkpoint(tmp_path: Path) -> None:
 
 def test_help_and_cfg_job_work(tmp_path: Path) -> None:
     result = run_cli("tl-train", "--help", cwd=tmp_path)
-    assert result.returncode == 0 and "data: cifar10, cifar100, imagefolder, shapes" in result.stdout
+    assert result.returncode == 0 and "data: cifar10, cifar100, imagefolder, photos, shapes" in result.stdout
     result = run_cli("tl-train", "--cfg", "job", "seed=0", cwd=tmp_path)
     assert result.returncode == 0 and "seed: 0" in result.stdout and "metric: val/acc" in result.stdout
 

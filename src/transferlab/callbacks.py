@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -22,6 +23,15 @@ def log_figure(module: pl.LightningModule, tag: str, figure: Any) -> None:
             if add_figure is not None:
                 add_figure(tag, figure, global_step=module.global_step)
     plt.close(figure)
+
+
+def log_image(module: pl.LightningModule, tag: str, image: torch.Tensor) -> None:
+    """Send a (3, H, W) image in [0, 1] (e.g. a ``make_grid``) to every logger that takes images, rank zero."""
+    if module.trainer.is_global_zero:
+        for logger in module.loggers:
+            add_image = getattr(logger.experiment, "add_image", None)
+            if add_image is not None:
+                add_image(tag, image.detach().float().clamp(0, 1).cpu(), global_step=module.global_step)
 
 
 class LearningRateMonitor(_LearningRateMonitor):

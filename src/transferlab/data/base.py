@@ -1,4 +1,5 @@
-"""What every classification datamodule shares: splits, few-shot sampling, transforms, loaders.
+"""What datamodules share: `BatchedDataModule` (global batch split per device, loaders) for every task, and
+`ClassificationDataModule` on top of it (splits, few-shot sampling, transforms) for classification.
 
 A subclass only says where its official ``train`` and ``test`` splits come from (`load_split`). This base
 carves a seeded validation set out of ``train`` (the test split is never touched for model selection),
@@ -83,7 +84,53 @@ def few_shot(indices: list[int], targets: torch.Tensor, per_class: int, seed: in
     return sorted(kept)
 
 
-class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
+class BatchedDataModule(pl.LightningDataModule):
+    """What every transferlab datamodule shares: a global batch split across devices, and its loaders."""
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self._splits: dict[str, Dataset] = {}
+
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise UserError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly across "
+                f"{world} devices. Use a multiple of {world}"
+            )
+        return self.batch_size // world
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self._splits[split]
+        batch_size = self.per_device_batch_size()
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > batch_size,  # a size-1 last batch breaks BatchNorm
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+class ClassificationDataModule(BatchedDataModule, abc.ABC):
     """Base for image-classification datamodules; subclasses implement `load_split`."""
 
     def __init__(
@@ -97,13 +144,9 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
         augment: Transform | None = None,
         on_gpu: bool | None = None,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
+        super().__init__(batch_size, num_workers)
         if examples_per_class is not None and examples_per_class < 1:
             raise UserError(f"data.examples_per_class must be >= 1 or null, got {examples_per_class}")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.examples_per_class = examples_per_class
@@ -111,7 +154,6 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
         self.augment = augment
         self.on_gpu = on_gpu
         self.classes: list[str] = []
-        self._splits: dict[str, Dataset] = {}
         self._sources: dict[str, tuple[Dataset, list[int] | None]] = {}
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -154,15 +196,6 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
             "test": Transformed(test, None, self.eval_transform()),
         }
 
-    def per_device_batch_size(self) -> int:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
-            raise UserError(
-                f"data.batch_size={self.batch_size} is the global batch and must divide evenly across "
-                f"{world} devices. Use a multiple of {world}"
-            )
-        return self.batch_size // world
-
     def device_resident(self) -> bool:
         """Whether batches come from tensors kept on the training device (`on_gpu`; auto: in-memory on GPU)."""
         in_memory = all(isinstance(source, TensorImageDataset) for source, _ in self._sources.values())
@@ -188,26 +221,4 @@ class ClassificationDataModule(pl.LightningDataModule, abc.ABC):
     def _loader(self, split: str, shuffle: bool) -> DataLoader | DeviceBatchLoader:
         if self.device_resident():
             return self._device_loader(split, shuffle)
-        dataset = self._splits[split]
-        batch_size = self.per_device_batch_size()
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,  # a size-1 last batch breaks BatchNorm
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader | DeviceBatchLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | DeviceBatchLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader | DeviceBatchLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader | DeviceBatchLoader:
-        return self.test_dataloader()
+        return super()._loader(split, shuffle)

@@ -33,9 +33,11 @@ def _ddp_without_unused_parameter_search(trainer: pl.Trainer) -> bool:
 
 
 class TransferTask(pl.LightningModule):
-    """Base LightningModule: a pretrained `backbone` (possibly frozen) under task-specific `head` modules."""
+    """Base LightningModule: a pretrained `backbone` (possibly frozen) under task-specific `head` modules.
 
-    backbone: nn.Module
+    Networks trained from scratch (DnCNN, EDSR, TransformerNet) have no `backbone` (it stays ``None``):
+    everything is then a head module at the full learning rate and the fine-tune mode has nothing to freeze.
+    """
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class TransferTask(pl.LightningModule):
         self.finetune = Finetune.from_config(to_plain(finetune))
         self.compile_mode = compile
         self.channels_last = channels_last
+        self.backbone: nn.Module | None = None  # subclasses with a pretrained part assign it
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -64,7 +67,7 @@ class TransferTask(pl.LightningModule):
 
     @property
     def backbone_frozen(self) -> bool:
-        return self.finetune.backbone_frozen(self.current_epoch)
+        return self.backbone is not None and self.finetune.backbone_frozen(self.current_epoch)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 255] float) images → ImageNet-normalised float, in the memory format the model runs."""
@@ -86,6 +89,8 @@ class TransferTask(pl.LightningModule):
         return self.channels_last
 
     def setup(self, stage: str) -> None:
+        if self.backbone is None:
+            return
         self.finetune.prepare(self.backbone)
         if stage == "fit" and self.finetune.mode == "gradual" and _ddp_without_unused_parameter_search(self.trainer):
             raise UserError(
@@ -96,8 +101,13 @@ class TransferTask(pl.LightningModule):
     def configure_model(self) -> None:
         if self._use_channels_last():
             self.to(memory_format=torch.channels_last)
-        if self.compile_mode:
-            self.backbone.compile(mode=self.compile_mode)  # in place: state_dict keys stay unchanged
+        if self.compile_mode:  # in place: state_dict keys stay unchanged
+            for module in self.compiled_modules():
+                module.compile(mode=self.compile_mode)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """What ``model.compile`` compiles: the backbone (tasks without one override this)."""
+        return [self.backbone] if self.backbone is not None else []
 
     def train(self, mode: bool = True) -> TransferTask:
         super().train(mode)
@@ -131,6 +141,7 @@ class TransferTask(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         lr = self.optimizer_cfg.get("lr", 1e-3)
-        groups = self.finetune.param_groups(self.backbone, self.head_modules(), lr)
+        backbone = self.backbone if self.backbone is not None else nn.ModuleList()
+        groups = self.finetune.param_groups(backbone, self.head_modules(), lr)
         optimizer, scheduler = self._make_optimizer(groups, int(self.trainer.estimated_stepping_batches))
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

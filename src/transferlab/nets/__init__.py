@@ -1,0 +1,1 @@
+"""Task networks that are not torchvision backbones: TransformerNet, AdaIN decoder, DnCNN, U-Net, EDSR."""

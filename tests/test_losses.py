@@ -1,0 +1,113 @@
+"""Losses against values computed by hand on tiny tensors; the loss network is frozen and eval-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from transferlab.losses import (
+    LossNetwork,
+    PerceptualLoss,
+    charbonnier,
+    feature_loss,
+    gram_matrix,
+    mean_std,
+    pixel_loss,
+    style_loss,
+    total_variation,
+    vgg_layer_names,
+)
+from transferlab.utils.errors import UserError
+
+
+def test_gram_matrix_by_hand() -> None:
+    # One image, 2 channels of 2 pixels: F = [[1, 2], [3, 4]] → F Fᵀ = [[5, 11], [11, 25]], / (C·H·W = 4).
+    features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)
+    torch.testing.assert_close(gram_matrix(features), torch.tensor([[[1.25, 2.75], [2.75, 6.25]]]))
+
+
+def test_total_variation_by_hand() -> None:
+    image = torch.tensor([[0.0, 1.0], [2.0, 4.0]]).view(1, 1, 2, 2)
+    # vertical |2-0|, |4-1| → mean 2.5; horizontal |1-0|, |4-2| → mean 1.5
+    assert total_variation(image).item() == pytest.approx(4.0)
+    assert total_variation(torch.ones(1, 3, 4, 4)).item() == 0.0
+
+
+def test_style_loss_by_hand() -> None:
+    features = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)}
+    target = {"a": torch.zeros(2, 2)}
+    # mean of squared Gram entries: (1.5625 + 2·7.5625 + 39.0625) / 4 = 13.9375; weighted by 2
+    assert style_loss(features, target, {"a": 2.0}).item() == pytest.approx(2 * 13.9375)
+
+
+def test_feature_loss_by_hand() -> None:
+    features = {"a": torch.tensor([1.0, 2.0]).view(1, 2, 1, 1), "b": torch.zeros(1, 1, 1, 1)}
+    targets = {"a": torch.tensor([0.0, 0.0]).view(1, 2, 1, 1), "b": torch.ones(1, 1, 1, 1)}
+    # layer a: (1 + 4) / 2 = 2.5 (weight 1); layer b: 1 (weight 0.5)
+    assert feature_loss(features, targets, {"a": 1.0, "b": 0.5}).item() == pytest.approx(3.0)
+
+
+def test_pixel_losses_by_hand() -> None:
+    pred, target = torch.tensor([0.0, 3.0]), torch.tensor([1.0, 1.0])
+    assert pixel_loss("l1")(pred, target).item() == pytest.approx(1.5)
+    assert pixel_loss("l2")(pred, target).item() == pytest.approx(2.5)
+    assert charbonnier(pred, target, eps=0.0).item() == pytest.approx(1.5)
+    assert charbonnier(pred, target, eps=1.0).item() == pytest.approx((2**0.5 + 5**0.5) / 2)
+    with pytest.raises(UserError, match="unknown pixel loss 'l3'"):
+        pixel_loss("l3")
+
+
+def test_mean_std_by_hand() -> None:
+    mean, std = mean_std(torch.tensor([1.0, 3.0]).view(1, 1, 1, 2), eps=0.0)
+    assert mean.item() == pytest.approx(2.0) and std.item() == pytest.approx(1.0)
+
+
+def test_vgg_layer_names_follow_the_papers() -> None:
+    from torchvision.models import vgg16, vgg19
+
+    names16, names19 = vgg_layer_names(vgg16().features), vgg_layer_names(vgg19().features)
+    assert names16["relu1_2"] == "features.3" and names16["relu4_3"] == "features.22"
+    assert names19["relu4_1"] == "features.20" and names19["relu5_4"] == "features.35"
+
+
+def test_loss_network_is_frozen_eval_and_normalises() -> None:
+    net = LossNetwork("vgg16", None, ["relu1_1", "relu2_2"])
+    nn.Sequential(net).train()  # a parent switching to train mode leaves the loss network in eval
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    image = torch.rand(1, 3, 16, 16, requires_grad=True)
+    out = net(image)
+    assert out["relu1_1"].shape == (1, 64, 16, 16) and out["relu2_2"].shape == (1, 128, 8, 8)
+    out["relu2_2"].sum().backward()
+    assert image.grad is not None and all(p.grad is None for p in net.parameters())
+    # ImageNet normalisation happens inside: the first conv sees (x - mean) / std.
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    manual = torch.relu(net.body.get_submodule("features.0")((image.detach() - mean) / std))
+    torch.testing.assert_close(net(image.detach())["relu1_1"], manual)
+
+
+def test_loss_network_reads_pretrained_weights_file(tmp_path: Path) -> None:
+    from torchvision.models import vgg16
+
+    source = vgg16()
+    path = tmp_path / "vgg16.pth"
+    torch.save(source.state_dict(), path)
+    net = LossNetwork("vgg16", str(path), ["relu1_1"])
+    torch.testing.assert_close(net.body.get_submodule("features.0").weight, source.features[0].weight)
+
+
+def test_loss_network_other_backbones_and_bad_layers() -> None:
+    net = LossNetwork("resnet18", None, ["layer1"])
+    assert net(torch.rand(1, 3, 32, 32))["layer1"].shape == (1, 64, 8, 8)
+    with pytest.raises(UserError, match="has no layer 'relu9_9'"):
+        LossNetwork("vgg16", None, ["relu9_9"])
+
+
+def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise() -> None:
+    loss = PerceptualLoss("vgg16", None, ["relu1_2"])
+    image = torch.rand(2, 3, 16, 16)
+    assert loss(image, image).item() == pytest.approx(0.0)
+    assert loss(image, image.flip(-1)).item() > 0

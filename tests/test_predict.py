@@ -1,0 +1,172 @@
+"""tl-predict: tiling math, tiled = untiled, and the three tasks end to end as subprocesses."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, compose_config, run_cli
+from transferlab.data.shapes import CLASSES
+from transferlab.nets.dncnn import DnCNN
+from transferlab.nets.edsr import EDSR
+from transferlab.predict import seams, tile_starts, tiled
+from transferlab.train import run
+from transferlab.utils.errors import UserError
+
+SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false"]
+PHOTOS = [
+    "data=photos",
+    "data.patch_size=32",
+    "data.batch_size=2",
+    "data.train_patches=4",
+    "data.val_patches=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger=none",
+]
+
+
+def train(tmp: Path, *overrides: str) -> Path:
+    cfg = compose_config([*overrides, *SHORT], tmp, "train")
+    run(cfg)
+    return tmp / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One tiny checkpoint per task (classifier, DnCNN denoiser, Johnson stylizer, U-Net inpainter)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "classify": train(root / "classify", *TINY, "logger=none"),
+        "denoise": train(
+            root / "denoise", *PHOTOS, "model=denoise", "data/degrade=gaussian_noise", "model.net.depth=4"
+        ),
+        "stylize": train(
+            root / "stylize", *PHOTOS, "model=style_transfer", "model.style_size=64", "model.net.channels=4"
+        ),
+        "inpaint": train(
+            root / "inpaint", *PHOTOS, "model=restore_unet", "data/degrade=inpaint_box", "model.net.width=8"
+        ),
+    }
+
+
+def write_photo(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode=mode).save(path)
+    return path
+
+
+def test_tile_starts_cover_the_axis_and_seams_partition_it() -> None:
+    assert tile_starts(100, 128, 16) == [0]
+    starts = tile_starts(100, 40, 10)
+    assert starts == [0, 30, 60] and starts[-1] + 40 == 100
+    kept = seams(starts, 40, 100)
+    assert kept[0][0] == 0 and kept[-1][1] == 100 and all(a[1] == b[0] for a, b in zip(kept, kept[1:]))
+    for start, (lo, hi) in zip(starts, kept):  # every kept pixel is >= overlap/2 from an inner tile border
+        assert (lo == 0 or lo - start >= 5) and (hi == 100 or start + 40 - hi >= 5)
+
+
+@pytest.mark.parametrize(
+    ("net", "scale", "overlap"),
+    [(DnCNN(3, 3, depth=5, channels=8), 1, 12), (EDSR(scale=2, channels=8, blocks=1), 2, 14)],
+)
+def test_tiled_equals_untiled_when_the_overlap_covers_the_receptive_field(net, scale: int, overlap: int) -> None:
+    torch.manual_seed(0)
+    for p in net.parameters():  # non-zero output layers, so the test sees the whole network
+        torch.nn.init.normal_(p, std=0.1)
+    net.eval()
+    image = torch.rand(1, 3, 70, 93)
+    fn = lambda x, _mask: net(x)  # noqa: E731
+    with torch.no_grad():
+        whole = net(image)
+    pieces = tiled(fn, image, tile=32, overlap=overlap, scale=scale)
+    assert pieces.shape == (1, 3, 70 * scale, 93 * scale)
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="tile=16 is too small for overlap=8"):
+        tiled(fn, image, tile=16, overlap=8)
+
+
+def test_predict_classifies_files_into_a_top_k_csv(checkpoints, tmp_path: Path) -> None:
+    write_photo(tmp_path / "in" / "a.png", 40, 30)
+    write_photo(tmp_path / "in" / "sub" / "b.jpg", 64, 64, "L")
+    result = run_cli(
+        "tl-predict", f"ckpt_path={checkpoints['classify']}", "input=in", "output=out", "top_k=3", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.reader((tmp_path / "out" / "predictions.csv").open()))
+    assert rows[0] == ["file", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
+    assert [r[0] for r in rows[1:]] == ["a.png", "sub/b.jpg"]
+    for row in rows[1:]:
+        probs = [float(p) for p in row[2::2]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        assert set(row[1::2]) <= set(CLASSES)
+
+
+@pytest.mark.slow
+def test_predict_restores_a_large_photo_tiled_identical_to_untiled(checkpoints, tmp_path: Path) -> None:
+    write_photo(tmp_path / "in" / "big.png", 1200, 900)
+    write_photo(tmp_path / "in" / "small.png", 150, 110, "RGBA", seed=1)
+    ckpt = f"ckpt_path={checkpoints['denoise']}"
+    whole = run_cli("tl-predict", ckpt, "input=in", "output=whole", "tile=2048", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    tiles = run_cli("tl-predict", ckpt, "input=in", "output=tiles", "tile=64", "overlap=16", cwd=tmp_path)
+    assert tiles.returncode == 0, tiles.stderr[-3000:]
+    for name, size in (("big.png", (1200, 900)), ("small.png", (150, 110))):
+        a = np.asarray(Image.open(tmp_path / "whole" / name))
+        b = np.asarray(Image.open(tmp_path / "tiles" / name))
+        assert Image.open(tmp_path / "tiles" / name).size == size
+        assert np.array_equal(a, b), f"{name}: {np.abs(a.astype(int) - b).max()} max difference"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_predict_stylizes_and_inpaints(checkpoints, tmp_path: Path) -> None:
+    write_photo(tmp_path / "photo.jpg", 90, 70)
+    result = run_cli(
+        "tl-predict", f"ckpt_path={checkpoints['stylize']}", "input=photo.jpg", "output=styled", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "styled" / "photo.png").size == (90, 70)
+    mask = np.zeros((70, 90), dtype=np.uint8)
+    mask[20:40, 30:60] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    result = run_cli(
+        "tl-predict",
+        f"ckpt_path={checkpoints['inpaint']}",
+        "input=photo.jpg",
+        "mask=mask.png",
+        "output=filled",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "filled" / "photo.png").size == (90, 70)
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "message"),
+    [
+        ("denoise", ["tile=32", "overlap=16"], "error: tile=32 is too small for overlap=16"),
+        ("denoise", ["input=broken.png"], "error: cannot read image broken.png"),
+        ("denoise", ["input=missing/"], "error: input missing does not exist"),
+        ("inpaint", [], "error: this is an inpainting model: pass mask="),
+        ("stylize", ["style=brick"], "error: style= needs an AdaIN model"),
+        (None, ["ckpt_path=nope.ckpt"], "error: checkpoint nope.ckpt does not exist"),
+    ],
+)
+def test_bad_predict_input_is_one_line_with_exit_2(checkpoints, tmp_path: Path, task, args, message: str) -> None:
+    write_photo(tmp_path / "photo.png", 40, 40)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG but not really")
+    ckpt = [f"ckpt_path={checkpoints[task]}"] if task else []
+    result = run_cli("tl-predict", *ckpt, "input=photo.png", "output=out", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
