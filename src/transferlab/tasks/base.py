@@ -27,7 +27,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
-def _ddp_without_unused_parameter_search(trainer: pl.Trainer) -> bool:
+def _ddp_without_unused_parameter_search(trainer: pl.Trainer | None) -> bool:
+    if trainer is None:
+        return False
     strategy = trainer.strategy
     return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
 
@@ -92,7 +94,7 @@ class TransferTask(pl.LightningModule):
         if self.backbone is None:
             return
         self.finetune.prepare(self.backbone)
-        if stage == "fit" and self.finetune.mode == "gradual" and _ddp_without_unused_parameter_search(self.trainer):
+        if stage == "fit" and self.finetune.mode == "gradual" and _ddp_without_unused_parameter_search(self._trainer):
             raise UserError(
                 "finetune.mode=gradual under DDP needs find_unused_parameters (the frozen backbone gets no "
                 "gradients at first). Add trainer.strategy=ddp_find_unused_parameters_true"
@@ -143,5 +145,6 @@ class TransferTask(pl.LightningModule):
         lr = self.optimizer_cfg.get("lr", 1e-3)
         backbone = self.backbone if self.backbone is not None else nn.ModuleList()
         groups = self.finetune.param_groups(backbone, self.head_modules(), lr)
-        optimizer, scheduler = self._make_optimizer(groups, int(self.trainer.estimated_stepping_batches))
+        total_steps = int(self.trainer.estimated_stepping_batches) if self.scheduler_cfg else 0
+        optimizer, scheduler = self._make_optimizer(groups, total_steps)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
