@@ -34,6 +34,14 @@ def log_image(module: pl.LightningModule, tag: str, image: torch.Tensor) -> None
                 add_image(tag, image.detach().float().clamp(0, 1).cpu(), global_step=module.global_step)
 
 
+def log_image_rows(module: pl.LightningModule, tag: str, columns: list[torch.Tensor]) -> None:
+    """One grid row per sample, one column per tensor (e.g. degraded | restored | clean), values in [0, 1]."""
+    from torchvision.utils import make_grid
+
+    rows = torch.stack([c.detach().float().clamp(0, 1) for c in columns], dim=1).flatten(0, 1)
+    log_image(module, tag, make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0))
+
+
 class LearningRateMonitor(_LearningRateMonitor):
     """Lightning's LR monitor, but silently idle when the run has no logger (``logger=none``)."""
 

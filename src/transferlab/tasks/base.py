@@ -8,6 +8,7 @@ and loads under ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import abc
 import inspect
 from typing import Any
 
@@ -34,7 +35,7 @@ def _ddp_without_unused_parameter_search(trainer: pl.Trainer | None) -> bool:
     return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
 
 
-class TransferTask(pl.LightningModule):
+class TransferTask(pl.LightningModule, abc.ABC):
     """Base LightningModule: a pretrained `backbone` (possibly frozen) under task-specific `head` modules.
 
     Networks trained from scratch (DnCNN, EDSR, TransformerNet) have no `backbone` (it stays ``None``):
@@ -82,6 +83,20 @@ class TransferTask(pl.LightningModule):
             with torch.no_grad():
                 return self.backbone(images)
         return self.backbone(images)
+
+    # -- one step function per task; Lightning's three entry points share it ----------------------
+    @abc.abstractmethod
+    def _shared_step(self, batch: Any, stage: str, batch_idx: int) -> torch.Tensor:
+        """Loss of `batch` in `stage` ("train", "val" or "test"), logging the stage's metrics."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val", batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test", batch_idx)
 
     # -- Lightning plumbing ------------------------------------------------------------------------
     def _use_channels_last(self) -> bool:

@@ -76,7 +76,7 @@ class ClassificationTask(TransferTask):
         """Cross-entropy (class indices or, after MixUp/CutMix, class probabilities), with label smoothing."""
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         if stage == "train" and self.batch_mix is not None:
             images, soft_targets = self.batch_mix(images.float(), targets)  # mixing is linear: 0-255 is fine
@@ -95,15 +95,6 @@ class ClassificationTask(TransferTask):
             self.per_class[stage].update(logits, targets)
             self.confusion[stage].update(logits, targets)
         return loss
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch

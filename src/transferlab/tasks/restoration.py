@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-from torchvision.utils import make_grid
 
-from transferlab.callbacks import log_image
+from transferlab.callbacks import log_image_rows
 from transferlab.losses import PerceptualLoss, pixel_loss
 from transferlab.nets.dncnn import DnCNN
 from transferlab.nets.edsr import EDSR
@@ -205,20 +204,10 @@ class RestorationTask(TransferTask):
             metrics["psnr_masked"].update(out[missing], target[missing])
         self.log_dict({f"{stage}/{name}": m for name, m in metrics.items()}, on_step=False, on_epoch=True)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", batch_idx)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val", batch_idx)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test", batch_idx)
-
     def on_validation_epoch_end(self) -> None:
         if self._grid is None or self.trainer.sanity_checking:
             return
         degraded, restored, clean = self._grid
         degraded = F.interpolate(degraded, size=clean.shape[-2:], mode="nearest")  # SR inputs shown blocky
-        rows = torch.stack([degraded, restored.clamp(0, 1), clean], dim=1).flatten(0, 1)
-        log_image(self, "val/degraded_restored_clean", make_grid(rows, nrow=3, padding=2, pad_value=1.0))
+        log_image_rows(self, "val/degraded_restored_clean", [degraded, restored, clean])
         self._grid = None

@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import make_grid
 
-from transferlab.callbacks import log_image
+from transferlab.callbacks import log_image_rows
 from transferlab.data.photos import load_image
 from transferlab.losses import LossNetwork, feature_loss, gram_matrix, mean_std, style_loss, total_variation
 from transferlab.nets.adain import AdaINDecoder, adain
@@ -198,19 +197,9 @@ class StyleTransferTask(TransferTask):
             self._grid = [content[:GRID_SAMPLES], style[:GRID_SAMPLES], output[:GRID_SAMPLES].detach()]
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", batch_idx)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val", batch_idx)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test", batch_idx)
-
     def on_validation_epoch_end(self) -> None:
         if self._grid is None or self.trainer.sanity_checking:
             return
         content, style, output = self._grid
-        rows = torch.stack([content, style, output.clamp(0, 1)], dim=1).flatten(0, 1)
-        log_image(self, "val/content_style_output", make_grid(rows, nrow=3, padding=2, pad_value=1.0))
+        log_image_rows(self, "val/content_style_output", [content, style, output])
         self._grid = None
