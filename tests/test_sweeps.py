@@ -182,7 +182,7 @@ def test_grid_writes_readable_job_dirs_and_metrics(grid: dict) -> None:
 @pytest.mark.slow
 def test_relaunch_runs_only_the_missing_jobs(grid: dict) -> None:
     finished_before: dict[str, int] = grid["finished_before"]
-    assert 1 <= len(finished_before) < 4, "the kill should have stopped the sweep midway"
+    assert 0 < len(finished_before) < 4, "the kill should have stopped the sweep midway"
     for name, mtime in finished_before.items():
         assert (grid["dir"] / name / "metrics.json").stat().st_mtime_ns == mtime, f"{name} ran again"
     stdout = grid["relaunch"].stdout
