@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -31,6 +32,33 @@ TINY = [
     "trainer.enable_model_summary=false",
     "model.backbone.name=mobilenet_v3_small",
 ]
+
+# The embedded photos as a handful of 32 px patches, for image-to-image tasks (style transfer, predict).
+TINY_PHOTOS = [
+    "data=photos",
+    "data.patch_size=32",
+    "data.batch_size=2",
+    "data.train_patches=4",
+    "data.val_patches=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def fit_briefly(model: pl.LightningModule, datamodule: pl.LightningDataModule, epochs: int = 1, steps: int = 3) -> None:
+    """A few CPU training steps and one validation batch, with nothing written to disk."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=steps,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:

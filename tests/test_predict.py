@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, compose_config, run_cli
+from conftest import TINY, TINY_PHOTOS, compose_config, run_cli
 from transferlab.data.shapes import CLASSES
 from transferlab.nets.dncnn import DnCNN
 from transferlab.nets.edsr import EDSR
@@ -19,17 +19,7 @@ from transferlab.train import run
 from transferlab.utils.errors import UserError
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false"]
-PHOTOS = [
-    "data=photos",
-    "data.patch_size=32",
-    "data.batch_size=2",
-    "data.train_patches=4",
-    "data.val_patches=2",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "logger=none",
-]
+PHOTOS = [*TINY_PHOTOS, "logger=none"]
 
 
 def train(tmp: Path, *overrides: str) -> Path:

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from conftest import fit_briefly
 from transferlab.train import run
 from transferlab.utils.errors import UserError
 
@@ -23,17 +24,7 @@ def build(make_cfg, *overrides: str):
 
 
 def fit(model, datamodule, epochs: int = 1, steps: int = 3) -> None:
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_train_batches=steps,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=datamodule)
+    fit_briefly(model, datamodule, epochs, steps)
 
 
 def batchnorm_stats(module: nn.Module) -> list[torch.Tensor]:

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from conftest import fit_briefly
 from transferlab.evaluate import load_task, read_run_config
 from transferlab.tasks.restoration import rgb_to_y
 from transferlab.train import run
@@ -70,17 +70,7 @@ def test_unet_encoder_follows_the_finetune_modes(make_cfg) -> None:
     datamodule, model = build(make_cfg, "restore_unet", "gaussian_noise", "model.finetune.mode=linear_probe")
     encoder = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=datamodule)
+    fit_briefly(model, datamodule, epochs=1, steps=2)
     for key, value in model.backbone.state_dict().items():  # weights and BatchNorm statistics
         assert torch.equal(value, encoder[key]), key
     assert any(not torch.equal(v, decoder[k]) for k, v in model.decoder.state_dict().items())

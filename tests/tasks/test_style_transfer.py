@@ -14,22 +14,12 @@ from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import TINY_PHOTOS
 from transferlab.evaluate import load_task, read_run_config
 from transferlab.losses import gram_matrix
 from transferlab.train import run
 
-CONTENT = [
-    "data=photos",
-    "data.patch_size=32",
-    "data.batch_size=2",
-    "data.train_patches=4",
-    "data.val_patches=2",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "model.style_size=64",
-]
+CONTENT = [*TINY_PHOTOS, "trainer.max_epochs=1", "model.style_size=64"]
 SMALL = {
     "style_transfer": ["model.net.channels=4", "model.net.res_blocks=1"],
     "adain": ["model.net.min_channels=8", "model.loss_network.name=vgg11"],
