@@ -227,3 +227,32 @@ def test_shapes_export_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out" / "train").rglob("*.png"))) == 20
     assert len(list((tmp_path / "out" / "val").rglob("*.png"))) == 10
+
+
+class _Touch:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (lambda canary: _Touch(canary), "refusing to load io.open"),
+        (lambda canary: {"labels": [0], "wrong": 1}, "no 'data' entry"),
+        (lambda canary: {"labels": [0], "data": np.zeros((1, 10), np.uint8)}, "uint8 rows of 3072"),
+        (lambda canary: [1, 2], "not a dict"),
+    ],
+)
+def test_cifar_batch_is_read_as_data_only(tmp_path: Path, payload, message: str) -> None:
+    """A CIFAR batch is a pickle: a crafted one must not run code, a malformed one says which file is wrong."""
+    write_cifar(tmp_path)
+    canary = tmp_path / "canary"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump(payload(canary), f, protocol=2)
+    dm = CIFARDataModule(root=str(tmp_path), batch_size=4)
+    with pytest.raises(UserError, match=message) as raised:
+        dm.setup("fit")
+    assert "data_batch_3" in str(raised.value) and not canary.exists()

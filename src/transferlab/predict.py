@@ -27,10 +27,10 @@ from torchvision.io import encode_png
 from torchvision.transforms.v2 import functional as TF
 
 from transferlab.data.photos import load_image, load_photo
-from transferlab.evaluate import load_task, read_run_config
 from transferlab.runner import hydra_app, output_dir
 from transferlab.tasks.classification import ClassificationTask
 from transferlab.tasks.style_transfer import StyleTransferTask, square
+from transferlab.trust import open_checkpoint
 from transferlab.utils.errors import UserError
 
 ImageFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -165,13 +165,14 @@ def image_function(task: torch.nn.Module, cfg: DictConfig) -> tuple[ImageFn, tor
 def run(cfg: DictConfig) -> Path:
     check_tiling(cfg.tile, cfg.overlap)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
-    run_config = read_run_config(ckpt_path)
+    checkpoint = open_checkpoint(ckpt_path, cfg.trusted_targets)  # checked before anything is built from it
+    run_config = checkpoint.config
     root, files = input_files(Path(cfg.input).expanduser())
     check_readable(files)
     device = torch.device(
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
     )
-    task = load_task(ckpt_path, run_config).eval().to(device)
+    task = checkpoint.build_task().eval().to(device)
     out = Path(cfg.output).expanduser() if cfg.output else output_dir() / "predictions"
 
     if isinstance(task, ClassificationTask):

@@ -6,6 +6,7 @@ Everything comes from the composed Hydra config (``conf/train.yaml``); see ``tl-
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,6 +30,7 @@ from transferlab.runner import (
     task_overrides,
     write_json_atomic,
 )
+from transferlab.trust import open_checkpoint
 from transferlab.utils.config import flatten
 from transferlab.utils.errors import UserError
 
@@ -57,6 +59,8 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.train and ckpt_path is None and (last := resume_checkpoint(job_dir)) is not None:
         print(f"Resuming unfinished job from {last}", flush=True)
         ckpt_path = str(last)
+    if ckpt_path is not None:  # a checkpoint is data: refuse one whose stored config names foreign code
+        open_checkpoint(Path(ckpt_path).expanduser(), cfg.trusted_targets)
     if cfg.seed is not None:  # seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -71,7 +75,7 @@ def run(cfg: DictConfig) -> float | None:
 
     metrics: dict[str, float] = {}
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint is not None else ""

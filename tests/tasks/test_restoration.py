@@ -13,9 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from conftest import fit_briefly
-from transferlab.evaluate import load_task, read_run_config
 from transferlab.tasks.restoration import rgb_to_y
 from transferlab.train import run
+from transferlab.trust import open_checkpoint
 
 # Small photo patches and small networks: each run takes seconds on a CPU.
 PHOTOS = [
@@ -132,7 +132,7 @@ def test_grid_and_metrics_reach_tensorboard_and_checkpoint_reloads(make_cfg) -> 
     ckpt = out / "checkpoints" / "best.ckpt"
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["mask_channel"] is True
-    model = load_task(ckpt, read_run_config(ckpt))
+    model = open_checkpoint(ckpt).build_task()
     x, mask = torch.rand(1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
     assert model.eval().restore(x, mask).shape == (1, 3, 32, 32)
 

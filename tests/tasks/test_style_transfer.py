@@ -15,9 +15,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY_PHOTOS
-from transferlab.evaluate import load_task, read_run_config
 from transferlab.losses import gram_matrix
 from transferlab.train import run
+from transferlab.trust import open_checkpoint
 
 CONTENT = [*TINY_PHOTOS, "trainer.max_epochs=1", "model.style_size=64"]
 SMALL = {
@@ -64,7 +64,7 @@ def test_loss_terms_grid_checkpoint_and_frozen_loss_network(make_cfg, tmp_path: 
     grids = events.Images("val/content_style_output")
     assert len(grids) == 2 and grids[0].width == 3 * 32 + 4 * 2
     ckpt = out / "checkpoints" / "last.ckpt"
-    trained = load_task(ckpt, read_run_config(ckpt))
+    trained = open_checkpoint(ckpt).build_task()
     for key, value in trained.loss_net.state_dict().items():  # never trained
         torch.testing.assert_close(value, loss_net[key])
     assert trained.style_images.shape == (2, 3, 64, 64) and trained.style_images[1, 0].max() > 150  # red stripes

@@ -1,0 +1,241 @@
+"""A config read from a file is data, never code.
+
+`tl-train` writes the resolved run config into every checkpoint, and `tl-eval`, `tl-predict` and resume
+read it back. Hydra's ``instantiate`` calls whatever ``_target_`` names, so a crafted file could name
+``torch.load`` (which unpickles), ``builtins.eval`` or ``subprocess.run`` and run code the moment it is
+rebuilt. This module is the one path from a file's config to an object: every ``_target_`` anywhere in the
+tree (nested, partial, inside ``_args_`` lists) must be on `ALLOWED_TARGETS` — transferlab's own classes
+and the library classes its shipped configs use — or the user must have named it on the command line
+(``trusted_targets=[…]``). A file can never extend the list.
+
+Checkpoints are opened once: the bytes are read, loaded with ``weights_only=True``, checked, and the task is
+rebuilt from those same bytes, so the file cannot change between the check and the use.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from transferlab.utils.errors import UserError
+
+TASK_TARGETS = frozenset(
+    {
+        "transferlab.tasks.classification.ClassificationTask",
+        "transferlab.tasks.restoration.RestorationTask",
+        "transferlab.tasks.style_transfer.StyleTransferTask",
+    }
+)
+
+_TORCHVISION_TRANSFORMS = [
+    "AutoAugment",
+    "AugMix",
+    "CenterCrop",
+    "ColorJitter",
+    "Compose",
+    "ElasticTransform",
+    "GaussianBlur",
+    "GaussianNoise",
+    "Grayscale",
+    "Identity",
+    "Normalize",
+    "Pad",
+    "RandAugment",
+    "RandomAdjustSharpness",
+    "RandomAffine",
+    "RandomApply",
+    "RandomAutocontrast",
+    "RandomChoice",
+    "RandomCrop",
+    "RandomEqualize",
+    "RandomErasing",
+    "RandomGrayscale",
+    "RandomHorizontalFlip",
+    "RandomInvert",
+    "RandomOrder",
+    "RandomPerspective",
+    "RandomPhotometricDistort",
+    "RandomPosterize",
+    "RandomResize",
+    "RandomResizedCrop",
+    "RandomRotation",
+    "RandomSolarize",
+    "RandomVerticalFlip",
+    "Resize",
+    "ToDtype",
+    "ToImage",
+    "TrivialAugmentWide",
+]
+_TORCH_OPTIMIZERS = [
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+]
+_TORCH_SCHEDULERS = [
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "ExponentialLR",
+    "LinearLR",
+    "MultiStepLR",
+    "OneCycleLR",
+    "PolynomialLR",
+    "ReduceLROnPlateau",
+    "StepLR",
+]
+
+# Everything a stored transferlab config may name. Each entry is a class or function whose construction
+# only allocates objects from its (plain) arguments: none loads files as code, evaluates strings or
+# starts processes.
+ALLOWED_TARGETS = frozenset(
+    {
+        *TASK_TARGETS,
+        "transferlab.data.cifar.CIFARDataModule",
+        "transferlab.data.imagefolder.ImageFolderDataModule",
+        "transferlab.data.photos.PhotoDataModule",
+        "transferlab.data.shapes.ShapesDataModule",
+        *(
+            f"transferlab.data.degradations.{name}"
+            for name in (
+                [
+                    "Degrade",
+                    "GaussianNoise",
+                    "PoissonNoise",
+                    "GaussianBlur",
+                    "MotionBlur",
+                    "Downscale",
+                    "JPEG",
+                    "BoxMask",
+                    "BrushMask",
+                ]
+            )
+        ),
+        "transferlab.optim.warmup_cosine",
+        "torch.nn.Identity",
+        *(f"torchvision.transforms.v2.{name}" for name in _TORCHVISION_TRANSFORMS),
+        *(f"torch.optim.{name}" for name in _TORCH_OPTIMIZERS),
+        *(f"torch.optim.lr_scheduler.{name}" for name in _TORCH_SCHEDULERS),
+    }
+)
+
+
+def _walk(tree: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every (dotted key, value) in a nested dict/list tree, the containers themselves included."""
+    yield path, tree
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _walk(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from _walk(value, f"{path}[{i}]")
+
+
+def check_untrusted(tree: Any, source: str, trusted: Iterable[str] = (), key: str = "") -> None:
+    """Refuse `tree` (read from `source`) unless every ``_target_`` in it is allowed.
+
+    Interpolations (``${…}``) are refused too: stored configs are resolved, and a resolver such as
+    ``oc.decode`` could turn a harmless-looking string into a new ``_target_`` after this check.
+    """
+    allowed = ALLOWED_TARGETS | frozenset(trusted)
+    for where, value in _walk(to_plain_tree(tree, source), key):
+        if isinstance(value, str) and "${" in value:
+            raise UserError(
+                f"{source}: {where} holds an interpolation ({value[:60]!r}); configs read from files must be "
+                "fully resolved. Re-create the file with tl-train"
+            )
+        if not isinstance(value, dict) or "_target_" not in value:
+            continue
+        target = value["_target_"]
+        if not isinstance(target, str) or target not in allowed:
+            raise UserError(
+                f"{source}: {where + '.' if where else ''}_target_={target!r} is not a target transferlab builds "
+                "from a file's config. If you trust this file and that callable, add "
+                f"'trusted_targets=[{target}]' to the command line"
+            )
+
+
+def to_plain_tree(tree: Any, source: str) -> Any:
+    """Plain dicts/lists without resolving anything (OmegaConf containers are converted unresolved)."""
+    if isinstance(tree, DictConfig | ListConfig):
+        return OmegaConf.to_container(tree, resolve=False)
+    return tree
+
+
+def checked_task_class(target: Any, source: str, trusted: Iterable[str] = ()) -> type:
+    """The transferlab task class a checkpoint names (only `TASK_TARGETS` and user-trusted task classes)."""
+    from hydra.utils import get_class
+
+    from transferlab.tasks.base import TransferTask
+
+    allowed = TASK_TARGETS | frozenset(trusted)
+    if not isinstance(target, str) or target not in allowed:
+        raise UserError(
+            f"{source}: model._target_={target!r} is not a transferlab task ({', '.join(sorted(TASK_TARGETS))}). "
+            f"If you trust this file, add 'trusted_targets=[{target}]' to the command line"
+        )
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, TransferTask)):
+        raise UserError(f"{source}: model._target_={target} is not a transferlab task (a TransferTask subclass)")
+    return cls
+
+
+@dataclass(frozen=True)
+class CheckedCheckpoint:
+    """A transferlab checkpoint whose stored config and hyper-parameters passed `check_untrusted`."""
+
+    path: Path
+    data: bytes  # the bytes that were checked: everything below is built from these, the file is not re-read
+    config: dict[str, Any]
+    trusted: tuple[str, ...]
+
+    def build_task(self, **kwargs: Any) -> Any:
+        """Rebuild the trained task (weights included); source weights are not re-fetched."""
+        cls = checked_task_class(self.config["model"].get("_target_"), str(self.path), self.trusted)
+        return cls.load_from_checkpoint(
+            io.BytesIO(self.data), map_location="cpu", weights_only=True, load_source_weights=False, **kwargs
+        )
+
+    def build_datamodule(self) -> Any:
+        """The datamodule of the run that wrote the checkpoint."""
+        from transferlab.runner import build
+
+        return build(OmegaConf.create(self.config["data"]), "data")
+
+
+def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoint:
+    """Read a transferlab checkpoint as data and check everything in it that could be instantiated."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist. Pass ckpt_path=<run dir>/checkpoints/best.ckpt")
+    data = path.read_bytes()
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; weights_only refuses anything but data
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from err
+    info = blob.get("transferlab") if isinstance(blob, dict) else None
+    config = info.get("config") if isinstance(info, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise UserError(f"{path} was not written by tl-train (no transferlab run config inside)")
+    trusted = tuple(trusted)
+    source = f"checkpoint {path}"
+    checked_task_class(config["model"].get("_target_"), source, trusted)
+    check_untrusted(config.get("data"), source, trusted, key="data")
+    check_untrusted(config["model"], source, trusted, key="model")
+    check_untrusted(blob.get("hyper_parameters"), source, trusted, key="hyper_parameters")
+    return CheckedCheckpoint(path=path, data=data, config=config, trusted=trusted)
