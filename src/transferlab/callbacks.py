@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from transferlab import __version__
@@ -56,6 +57,32 @@ class LearningRateMonitor(_LearningRateMonitor):
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, copying the metrics it shows to the host only every few steps.
+
+    Showing a logged tensor means a device→host copy, which waits for all queued GPU work; Lightning does
+    that at every step for every ``prog_bar=True`` value, so a fast GPU idles while the host catches up.
+    Tasks therefore log nothing with ``prog_bar=True``; this bar shows `keys` (the step loss and the
+    monitored metric) read from the trainer's metrics, refreshed every ``trainer.log_every_n_steps`` steps
+    and at the end of each epoch. The step counter and speed still move at every step.
+    """
+
+    def __init__(self, keys: tuple[str, ...] = ("train/loss_step",), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keys = tuple(dict.fromkeys(keys))
+        self._shown: dict[str, Any] | None = None
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        every = max(1, trainer.log_every_n_steps)
+        mid_training = trainer.training and not trainer.sanity_checking
+        if self._shown is None or not mid_training or trainer.global_step % every == 0:
+            shown = super().get_metrics(trainer, pl_module)
+            logged = trainer.callback_metrics
+            shown.update({key: float(logged[key]) for key in self.keys if key in logged})
+            self._shown = shown
+        return self._shown
 
 
 class RunConfigInCheckpoint(pl.Callback):

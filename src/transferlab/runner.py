@@ -23,8 +23,11 @@ from hydra.types import RunMode
 from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 from pytorch_lightning.strategies.launchers import subprocess_script
 
+from transferlab.callbacks import ProgressBar
 from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError, describe, find_user_error, report_user_errors
 
@@ -117,8 +120,19 @@ def instantiate_named(group: DictConfig | None, key: str = "callbacks") -> list[
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    """Build the Lightning trainer of `cfg.trainer` with the run's callbacks and loggers."""
-    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    """Build the Lightning trainer of `cfg.trainer` with the run's callbacks and loggers.
+
+    Lightning would add a progress bar that syncs with the device every step, and a checkpoint callback
+    writing every epoch even when the config has none (``callbacks=none``); neither happens here.
+    """
+    callbacks = list(callbacks)
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBarBase) for c in callbacks):
+        monitored = OmegaConf.select(cfg, "monitor.metric")
+        callbacks.append(ProgressBar(keys=("train/loss_step", "train/loss", *([monitored] if monitored else []))))
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing
+    )
     check_precision(str(cfg.trainer.get("precision")), trainer)
     return trainer
 

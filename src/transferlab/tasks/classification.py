@@ -57,15 +57,25 @@ class ClassificationTask(TransferTask):
         self.label_smoothing = label_smoothing
         self.batch_mix = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
         # ModuleDict keys may not shadow Module attributes ("train"), hence the "_metrics" suffix.
-        self.metrics = nn.ModuleDict({f"{s}_metrics": self._metrics(num_classes) for s in ("train", "val", "test")})
-        self.per_class = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")})
-        self.confusion = nn.ModuleDict({s: MulticlassConfusionMatrix(num_classes) for s in ("val", "test")})
+        self.metrics = nn.ModuleDict({f"{s}_metrics": self._metrics(num_classes) for s in ("val", "test")})
+        # Training accuracy as two device counters (top-1, top-k hits): a torchmetrics update costs ~0.2 ms of
+        # host time per metric per step (BENCHMARKS.md); evaluation keeps torchmetrics (it also gives per-class).
+        self.register_buffer("train_hits", torch.zeros(2), persistent=False)
+        self.train_seen = 0
+        self.per_class = nn.ModuleDict(
+            {s: MulticlassAccuracy(num_classes, average=None, validate_args=False) for s in ("val", "test")}
+        )
+        self.confusion = nn.ModuleDict(
+            {s: MulticlassConfusionMatrix(num_classes, validate_args=False) for s in ("val", "test")}
+        )
 
     @staticmethod
     def _metrics(num_classes: int) -> MetricCollection:
-        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+        # validate_args=False: the checks compare tensor values on the host (a device sync per update); the
+        # datamodule already guarantees integer targets in range
+        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
         if num_classes >= 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", validate_args=False)
         return MetricCollection(metrics)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -86,11 +96,11 @@ class ClassificationTask(TransferTask):
         else:
             logits = self(images)
             loss = self.loss(logits, targets)
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits, targets)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, sync_dist=not on_step)
-        self.log_dict({f"{stage}/{k}": m for k, m in metrics.items()}, on_step=False, on_epoch=True)
+        if stage == "train":
+            self.count_hits(logits.detach(), targets)
+        else:
+            self.metrics[f"{stage}_metrics"].update(logits, targets)  # accumulates on the device
+        self.log_losses(stage, {"loss": loss}, len(targets))
         if stage in self.per_class:
             self.per_class[stage].update(logits, targets)
             self.confusion[stage].update(logits, targets)
@@ -100,23 +110,46 @@ class ClassificationTask(TransferTask):
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return self(images).softmax(dim=-1)
 
-    def _end_of_evaluation(self, stage: str) -> None:
-        per_class = self.per_class[stage].compute()
-        self.log_dict(
-            {f"{stage}/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)},
-            sync_dist=True,  # compute() already synchronised them: equal on every rank, so the mean is exact
-        )
-        self.per_class[stage].reset()
-        matrix = self.confusion[stage].compute()
-        self.confusion[stage].reset()
-        if not self.trainer.sanity_checking:
+    def count_hits(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add this batch's top-1 and top-5 hits to the training counters (device ops only, no host sync)."""
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == targets[:, None]
+        self.train_hits += torch.stack((top[:, 0].sum(), top.any(dim=-1).sum()))
+        self.train_seen += len(targets)
+
+    def train_accuracy(self) -> dict[str, torch.Tensor]:
+        """``train/acc`` (and ``train/acc_top5`` with ≥ 5 classes) of the epoch; resets the counters."""
+        values = {}
+        if self.train_seen:
+            acc = self.train_hits / self.train_seen
+            values = {"train/acc": acc[0], **({"train/acc_top5": acc[1]} if self.hparams.num_classes >= 5 else {})}
+        self.train_hits.zero_()
+        self.train_seen = 0
+        return values
+
+    def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        """Top-1/top-5 and per-class accuracy over the epoch (torchmetrics synchronises them across ranks)."""
+        if stage == "train":
+            return self.train_accuracy()
+        values: dict[str, torch.Tensor] = {}
+        metrics = self.metrics[f"{stage}_metrics"]
+        if any(m.update_called for m in metrics.values()):
+            values.update({f"{stage}/{name}": value for name, value in metrics.compute().items()})
+        metrics.reset()
+        if stage in self.per_class and self.per_class[stage].update_called:
+            per_class = self.per_class[stage].compute()
+            values.update({f"{stage}/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)})
+        if stage in self.per_class:
+            self.per_class[stage].reset()
+        return values
+
+    def end_of_epoch(self, stage: str) -> None:
+        if stage not in self.confusion:
+            return
+        confusion = self.confusion[stage]
+        matrix = confusion.compute() if confusion.update_called else None
+        confusion.reset()
+        if matrix is not None and not self.trainer.sanity_checking:
             log_figure(self, f"{stage}/confusion_matrix", confusion_figure(matrix, self.class_names))
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_of_evaluation("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._end_of_evaluation("test")
 
 
 def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:

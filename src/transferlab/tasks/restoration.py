@@ -180,10 +180,8 @@ class RestorationTask(TransferTask):
         if self.perceptual_weight > 0:
             terms["perceptual"] = self.perceptual_weight * self.perceptual(restored, clean)
         loss = sum(terms.values())
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, sync_dist=not on_step)
-        if len(terms) > 1:
-            self.log_dict({f"{stage}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True)
+        extra = {f"loss_{k}": v for k, v in terms.items()} if len(terms) > 1 else {}
+        self.log_losses(stage, {"loss": loss, **extra}, len(clean))
         if stage in self.quality:
             self.update_quality(stage, degraded, restored.detach().clamp(0, 1), clean, mask)
             if stage == "val" and batch_idx == 0:
@@ -202,10 +200,18 @@ class RestorationTask(TransferTask):
         if self.mask_channel:
             missing = self.for_metric(mask.expand_as(clean)) > 0
             metrics["psnr_masked"].update(out[missing], target[missing])
-        self.log_dict({f"{stage}/{name}": m for name, m in metrics.items()}, on_step=False, on_epoch=True)
 
-    def on_validation_epoch_end(self) -> None:
-        if self._grid is None or self.trainer.sanity_checking:
+    def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        """PSNR/SSIM (restored and input) over the epoch's validation/test images."""
+        if stage not in self.quality:
+            return {}
+        metrics = self.quality[stage]
+        values = {f"{stage}/{name}": m.compute() for name, m in metrics.items() if m.update_called}
+        metrics.reset()
+        return values
+
+    def end_of_epoch(self, stage: str) -> None:
+        if stage != "val" or self._grid is None or self.trainer.sanity_checking:
             return
         degraded, restored, clean = self._grid
         degraded = F.interpolate(degraded, size=clean.shape[-2:], mode="nearest")  # SR inputs shown blocky

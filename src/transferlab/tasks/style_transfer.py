@@ -190,15 +190,13 @@ class StyleTransferTask(TransferTask):
         content = batch["clean"].float() / 255
         terms, output, style = self.loss_terms(content, fixed_style=stage != "train")
         loss = sum(terms.values())
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, sync_dist=not on_step)
-        self.log_dict({f"{stage}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True)
+        self.log_losses(stage, {"loss": loss, **{f"loss_{k}": v for k, v in terms.items()}}, len(content))
         if stage == "val" and batch_idx == 0:
             self._grid = [content[:GRID_SAMPLES], style[:GRID_SAMPLES], output[:GRID_SAMPLES].detach()]
         return loss
 
-    def on_validation_epoch_end(self) -> None:
-        if self._grid is None or self.trainer.sanity_checking:
+    def end_of_epoch(self, stage: str) -> None:
+        if stage != "val" or self._grid is None or self.trainer.sanity_checking:
             return
         content, style, output = self._grid
         log_image_rows(self, "val/content_style_output", [content, style, output])
