@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
+from pytorch_lightning.callbacks import ModelCheckpoint as _ModelCheckpoint
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -83,6 +85,53 @@ class ProgressBar(RichProgressBar):
             shown.update({key: float(logged[key]) for key in self.keys if key in logged})
             self._shown = shown
         return self._shown
+
+
+class ModelCheckpoint(_ModelCheckpoint):
+    """Lightning's checkpointing (best by the monitored metric) with a ``last.ckpt`` that resume can rely on.
+
+    ``best.ckpt`` is written only when the monitored metric improves (``save_top_k: 1``). ``last.ckpt`` is the
+    latest training state, for resuming a killed run. Lightning 2.6 refreshes it only together with a new
+    best (so a killed run could restart from an old epoch), earlier versions at every epoch (a full
+    model + optimizer write per epoch: 134 MB for ResNet-18 with AdamW, longer than a GPU epoch of CIFAR).
+    Here it is refreshed at the end of an epoch when `last_every_minutes` have passed since the previous
+    write (0: every epoch), and always when training ends, so a killed run loses at most that much work.
+    Writes go through the trainer's checkpoint IO (asynchronous in transferlab, see `runner.build_trainer`)
+    and are atomic (a temporary file, then a rename).
+    """
+
+    def __init__(self, *args: Any, last_every_minutes: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_minutes < 0:
+            raise ValueError(f"last_every_minutes must be >= 0, got {last_every_minutes}")
+        self.last_every_s = 60.0 * last_every_minutes
+        self._last_written_at: float | None = None
+        self._last_written_step = -1
+
+    def _last_is_due(self, trainer: pl.Trainer) -> bool:
+        if not self.save_last or trainer.global_step == self._last_written_step:
+            return False
+        return self._last_written_at is None or time.monotonic() - self._last_written_at >= self.last_every_s
+
+    def _write_last(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_at, self._last_written_step = time.monotonic(), trainer.global_step
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        """Lightning's own trigger (e.g. right after a new best): only when due."""
+        if self._last_is_due(trainer):
+            self._write_last(trainer, monitor_candidates)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        skip = trainer.fast_dev_run or trainer.sanity_checking
+        if not skip and self._last_is_due(trainer):
+            self._write_last(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not trainer.fast_dev_run and trainer.global_step != self._last_written_step:
+            self._write_last(trainer, self._monitor_candidates(trainer))  # the final state is always resumable
 
 
 class RunConfigInCheckpoint(pl.Callback):

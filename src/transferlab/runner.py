@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.strategies.launchers import subprocess_script
 
 from transferlab.callbacks import ProgressBar
@@ -130,8 +131,16 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         monitored = OmegaConf.select(cfg, "monitor.metric")
         callbacks.append(ProgressBar(keys=("train/loss_step", "train/loss", *([monitored] if monitored else []))))
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    # Checkpoints are written by a background thread (tensors are cloned first, so training goes on at once);
+    # the trainer waits for the last write before `fit` returns.
+    plugins = [AsyncCheckpointIO()] if checkpointing and "plugins" not in cfg.trainer else None
     trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=checkpointing,
+        plugins=plugins,
     )
     check_precision(str(cfg.trainer.get("precision")), trainer)
     return trainer

@@ -170,12 +170,6 @@ class TransferTask(pl.LightningModule, abc.ABC):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Batches of the device-resident path are already there: skip Lightning's generic collection walk."""
-        if isinstance(batch, tuple | list) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     # -- Lightning plumbing ------------------------------------------------------------------------
     def _use_channels_last(self) -> bool:
         if self.channels_last is None:  # auto: channels_last pays off on GPUs (tensor cores), not on CPUs

@@ -1,0 +1,138 @@
+"""The shared task base: a training step never waits on the device, epoch logging is complete and correct."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from transferlab.runner import build, build_trainer, instantiate_named
+from transferlab.tasks.base import fused_if_supported
+
+# Tensor methods that copy a value to the host: on a GPU each one waits for every queued kernel.
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+
+@contextmanager
+def count_host_reads() -> Iterator[tuple[collections.Counter, list[bool]]]:
+    """Count host reads of tensor values while the returned flag is armed."""
+    counts: collections.Counter = collections.Counter()
+    armed = [False]
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counting(name: str):
+        original = saved[name]
+
+        @functools.wraps(original)
+        def read(self, *args, **kwargs):
+            if armed[0]:
+                counts[name] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, counting(name))
+        yield counts, armed
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+class ArmDuring(pl.Callback):
+    """Count host reads per training step for steps [start, stop): from one batch start to the next, so the
+    reads of everything that runs after a step (other callbacks, loggers, the progress bar) are included."""
+
+    def __init__(self, armed: list[bool], counts: collections.Counter, start: int, stop: int) -> None:
+        self.armed, self.counts, self.start, self.stop = armed, counts, start, stop
+        self.reads_by_step: dict[int, int] = {}
+        self.before, self.step = 0, -1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
+        if self.armed[0]:
+            self.reads_by_step[self.step] = sum(self.counts.values()) - self.before
+        self.before, self.step = sum(self.counts.values()), trainer.global_step
+        self.armed[0] = self.start <= trainer.global_step < self.stop
+
+
+def fit_counting(make_cfg, *overrides: str) -> ArmDuring:
+    """Fit the default classification config (shrunk) through the real trainer builder, counting host reads."""
+    cfg = make_cfg(
+        "data.on_gpu=true",  # the device-resident path, as on a GPU (the CPU is the device here)
+        "data.train_size=400",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "+trainer.max_steps=30",
+        "trainer.enable_progress_bar=true",  # the default UX: progress bar and TensorBoard on
+        "logger=tensorboard",
+        "model.optimizer._target_=torch.optim.SGD",  # Adam reads its host-side step counter (not a device sync)
+        "~model.optimizer.weight_decay",
+        *overrides,
+    )
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    with count_host_reads() as (counts, armed):
+        arm = ArmDuring(armed, counts, start=5, stop=24)
+        callbacks = [*instantiate_named(cfg.callbacks, "callbacks"), arm]
+        trainer = build_trainer(cfg, callbacks, instantiate_named(cfg.logger, "logger"))
+        trainer.fit(task, datamodule=datamodule)
+    return arm
+
+
+def test_training_steps_never_read_device_values(make_cfg) -> None:
+    """No step between logging steps copies anything to the host (no device sync in the hot path)."""
+    arm = fit_counting(make_cfg, "trainer.log_every_n_steps=100")
+    assert len(arm.reads_by_step) == 19
+    assert sum(arm.reads_by_step.values()) == 0, arm.reads_by_step
+
+
+def test_only_logging_steps_read_values_and_only_a_few(make_cfg) -> None:
+    arm = fit_counting(make_cfg, "trainer.log_every_n_steps=5")
+    reading = {step for step, reads in arm.reads_by_step.items() if reads}
+    assert reading and all((step + 1) % 5 == 0 for step in reading), arm.reads_by_step
+    assert max(arm.reads_by_step.values()) <= 3, arm.reads_by_step
+
+
+def test_epoch_logging_matches_a_direct_computation(make_cfg) -> None:
+    """train/loss is the sample-weighted mean of the step losses; train/acc the fraction of correct argmaxes."""
+    cfg = make_cfg("data.train_size=100", "data.batch_size=10", "logger=none", "callbacks=none", "data/augment=none")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    seen: list[tuple[float, int, int]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            module.eval()
+            with torch.no_grad():
+                logits = module(batch[0])
+            module.train()
+            loss = torch.nn.functional.cross_entropy(logits, batch[1]).item()
+            seen.append((loss, int((logits.argmax(-1) == batch[1]).sum()), len(batch[1])))
+
+    trainer = build_trainer(cfg, [Record()], [])
+    task.head[0].p = 0.0  # dropout off, so the recorded forward equals the training forward
+    task.backbone.eval()  # BatchNorm in eval in both passes: running stats make the two forwards identical
+    task.train = lambda mode=True: torch.nn.Module.train(task, False)  # keep it that way during fit
+    trainer.fit(task, datamodule=datamodule)
+    total = sum(n for *_, n in seen)
+    expected_loss = sum(loss * n for loss, _, n in seen) / total
+    expected_acc = sum(hits for _, hits, _ in seen) / total
+    logged = trainer.callback_metrics
+    assert logged["train/loss"].item() == pytest.approx(expected_loss, rel=1e-4)
+    assert logged["train/acc"].item() == pytest.approx(expected_acc, abs=1e-6)
+    assert "val/acc" in logged and "val/loss" in logged
+
+
+@pytest.mark.parametrize(
+    ("device", "keywords", "expected"),
+    [("cuda", {}, {"fused": True}), ("cpu", {}, {}), ("cuda", {"foreach": False}, {}), ("cuda", {"fused": False}, {})],
+)
+def test_fused_optimizer_on_cuda_unless_configured(device: str, keywords: dict, expected: dict) -> None:
+    make = functools.partial(torch.optim.AdamW, lr=0.1, **keywords)
+    assert fused_if_supported(make, torch.device(device)) == expected

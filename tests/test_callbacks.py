@@ -1,0 +1,62 @@
+"""Callbacks and the trainer builder: what happens at epoch boundaries, and what the progress bar reads."""
+
+from __future__ import annotations
+
+import torch
+
+from transferlab.callbacks import ModelCheckpoint, ProgressBar
+from transferlab.runner import build, build_trainer
+from transferlab.train import run
+
+
+def test_callbacks_none_writes_no_checkpoint(make_cfg, tmp_path) -> None:
+    """Lightning adds a checkpoint writer of its own when none is configured; transferlab does not."""
+    run(make_cfg("callbacks=none", "logger=none", "trainer.max_epochs=2"))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def fit_with_checkpoint(make_cfg, epochs: int, **checkpoint_args) -> tuple[list[int], ModelCheckpoint]:
+    """Fit `epochs` epochs with transferlab's checkpoint callback; the epochs at which last.ckpt was written."""
+    cfg = make_cfg("logger=none", f"trainer.max_epochs={epochs}", "callbacks.early_stopping=null")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    checkpoint = build(cfg.callbacks.model_checkpoint, "callbacks", **checkpoint_args)
+    written: list[int] = []
+    original = checkpoint._save_checkpoint
+
+    def recording(trainer, filepath):
+        if filepath.endswith("last.ckpt"):
+            written.append(trainer.current_epoch)
+        original(trainer, filepath)
+
+    checkpoint._save_checkpoint = recording
+    trainer = build_trainer(cfg, [checkpoint], [])
+    trainer.fit(task, datamodule=datamodule)
+    return written, checkpoint
+
+
+def test_last_checkpoint_is_throttled_but_always_written_at_the_end(make_cfg) -> None:
+    written, checkpoint = fit_with_checkpoint(make_cfg, epochs=4, last_every_minutes=10)
+    assert written == [0, 4]  # the first epoch (nothing to resume from yet), then the final state (after epoch 3)
+    last = torch.load(checkpoint.last_model_path, map_location="cpu", weights_only=True)
+    assert last["epoch"] == written[-1] and last["global_step"] == 24  # complete, and the final state
+
+
+def test_last_checkpoint_every_epoch_with_zero(make_cfg) -> None:
+    written, _ = fit_with_checkpoint(make_cfg, epochs=3, last_every_minutes=0)
+    assert written == [0, 1, 2]
+
+
+def test_progress_bar_shows_step_loss_and_monitored_metric(make_cfg) -> None:
+    cfg = make_cfg(
+        "logger=none", "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=true"
+    )
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    trainer = build_trainer(cfg, [], [])
+    bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    assert len(bars) == 1 and bars[0].keys == ("train/loss_step", "train/loss", "val/acc")
+    trainer.fit(task, datamodule=datamodule)
+    shown = bars[0].get_metrics(trainer, task)
+    assert {"train/loss_step", "train/loss", "val/acc"} <= set(shown)
+    assert all(isinstance(shown[k], float) for k in ("train/loss_step", "val/acc"))
