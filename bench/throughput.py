@@ -1,161 +1,345 @@
-"""Training throughput: transferlab's real config/module/trainer vs a hand-written PyTorch loop, one process.
+"""Training throughput: transferlab's real config → datamodule → task → trainer vs a hand-written loop.
 
-Both train the same backbone + linear head on the same in-memory images with the same optimizer, batch
-size, precision and memory format; the data sit on the training device for both (transferlab's
-device-resident path is on by default on GPU). Timing skips warm-up steps and synchronises the device only
-at the two ends of the timed window.
+Every case runs both sides **in one process**, on the same model, batch, precision, memory format and
+compile mode, with the data already on the device for the hand-written loop. The two sides alternate
+(raw, framework, framework, raw, …) for `--repeats` rounds; each case reports the median img/s of each side,
+the spread (min–max) and the ratio of the medians. The framework keeps the default user experience: progress
+bar and TensorBoard on.
 
-    python bench/throughput.py                                   # auto device, ResNet-18, 32 px
-    python bench/throughput.py --backbone mobilenet_v3_small --steps 30 --batch-size 64   # CPU-sized
-    python bench/throughput.py --precision bf16-mixed --compile default   # GPU presets
+Cases (each named, pick with --case; default: all that fit the device):
+  eager_b512, eager_b100        model only (data/augment=none): the framework's cost per step
+  e2e_cifar_b512                end to end: device-resident data with the cifar pad-crop + flip preset
+  e2e_<preset>_b512             the same for every other built-in preset (--augment-presets)
+  compile_<mode>_b512           model.compile=<mode> on the framework side, torch.compile(mode) on the raw side
+  cli_epoch                     `tl-train` on CIFAR-10-format files written by the bench: its epoch time
+                                (validation included, from time/epoch_s) vs the raw loop's training epoch
+
+    python bench/throughput.py                                  # GPU: every case, ResNet-18 @ 32 px, bf16
+    python bench/throughput.py --case eager_b512 --repeats 5
+    python bench/throughput.py --smoke                          # CPU: tiny sizes, checks every case runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
+import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
+from torch import nn
 
-from transferlab.runner import instantiate_named
+from transferlab.backbones import build_backbone
+from transferlab.runner import build, build_trainer, instantiate_named
 from transferlab.utils.config import config_dir
 
+GPU = torch.cuda.is_available()
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+AUGMENT_PRESETS = ("cifar", "flip_rotate", "enhance", "randaugment", "trivialaugment")
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+
+@dataclass
+class Setup:
+    """Sizes shared by all cases (GPU defaults; --smoke shrinks them for a CPU)."""
+
+    backbone: str = "resnet18"
+    image_size: int = 32
+    steps: int = 100
+    warmup: int = 15
+    precision: str = "bf16-mixed" if GPU else "32-true"
+    repeats: int = 3
+    out: Path = field(default_factory=Path)
+
+
+@dataclass
+class Case:
+    name: str
+    batch_size: int
+    augment: str = "none"
+    compile: str | None = None
+
+
+def synchronize() -> None:
+    if GPU:
+        torch.cuda.synchronize()
 
 
 class StepTimer(pl.Callback):
-    """Wall time from the start of step `warmup` to the end of the last step."""
+    """Wall time of training steps ``warmup``…``warmup + steps`` (device synchronised at both ends only)."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end, self.steps = warmup, 0.0, 0.0, 0
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps, self.start, self.end = warmup, steps, 0.0, 0.0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step == self.warmup:
-            synchronize(module.device)
+            synchronize()
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args) -> None:
-        if trainer.global_step > self.warmup:
-            self.steps = trainer.global_step - self.warmup
-
-    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        synchronize(module.device)
-        self.end = time.perf_counter()
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.warmup + self.steps:
+            synchronize()
+            self.end = time.perf_counter()
 
 
-def compose_cfg(args: argparse.Namespace, out: Path):
-    overrides = [
-        f"model.backbone.name={args.backbone}",
-        f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}",
-        f"data.train_size={args.dataset_size}",
+def compose_cfg(setup: Setup, case: Case, run_dir: Path, data: list[str] | None = None) -> DictConfig:
+    """The framework's config for `case`; `data` replaces the default (embedded shapes sized to the steps)."""
+    steps = setup.warmup + setup.steps
+    shapes = [
+        f"data.image_size={setup.image_size}",
+        f"data.train_size={int(case.batch_size * (steps + 2) / 0.9) + 10}",  # the timed steps lie in epoch 1
         "data.test_size=100",
-        "data.on_gpu=true",  # device-resident data on both sides (on a CPU run the "device" is the CPU)
-        f"data/augment={args.augment}",
-        f"trainer.precision={args.precision}",
-        f"+trainer.max_steps={args.steps + args.warmup}",
-        "trainer.max_epochs=1000",
+    ]
+    overrides = [
+        f"model.backbone.name={setup.backbone}",
+        *(shapes if data is None else data),
+        f"data.batch_size={case.batch_size}",
+        f"data/augment={case.augment}",
+        f"trainer.precision={setup.precision}",
+        f"trainer.accelerator={'gpu' if GPU else 'cpu'}",
+        f"+trainer.max_steps={steps + 1}",
+        "trainer.max_epochs=1",
         "+trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
-        "callbacks=none",
+        "trainer.enable_model_summary=false",
+        "callbacks.early_stopping=null",  # acts after validation only, which the timed window never reaches
         "model.scheduler=null",
+        *([f"model.compile={case.compile}"] if case.compile else []),
     ]
-    if args.compile:
-        overrides.append(f"model.compile={args.compile}")
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(out)
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(run_dir)
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
-def transferlab_throughput(cfg, warmup: int) -> float:
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **datamodule.task_args())
-    timer = StepTimer(warmup)
-    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=instantiate_named(cfg.logger, "logger") or False)
+def framework_rate(cfg: DictConfig, setup: Setup) -> float:
+    """img/s through transferlab's config → datamodule → task → trainer (default callbacks and logger)."""
+    datamodule = build(cfg.data, "data")
+    model = build(cfg.model, "model", **datamodule.task_args())
+    timer = StepTimer(setup.warmup, setup.steps)
+    callbacks = [*instantiate_named(cfg.get("callbacks"), "callbacks"), timer]
+    trainer = build_trainer(cfg, callbacks, instantiate_named(cfg.get("logger"), "logger"))
     trainer.fit(model, datamodule=datamodule)
-    return timer.steps * cfg.data.batch_size / (timer.end - timer.start)
+    return setup.steps * cfg.data.batch_size / (timer.end - timer.start)
 
 
-def raw_loop_throughput(cfg, warmup: int, steps: int) -> float:
-    """The hand-written reference: same module weights layout, same optimizer, no framework."""
-    pl.seed_everything(0)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **datamodule.task_args())
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    channels_last = device.type == "cuda" if cfg.model.channels_last is None else cfg.model.channels_last
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.model.compile:
-        model.backbone.compile(mode=cfg.model.compile)
+def raw_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    backbone = build_backbone(cfg.model.backbone.name, None)
+    return nn.Sequential(backbone.body, nn.Linear(backbone.num_features, num_classes))
+
+
+def raw_rate(cfg: DictConfig, setup: Setup, case: Case) -> float:
+    """img/s of the loop a researcher writes by hand: data on the device, no framework, no augmentation."""
+    device = torch.device("cuda" if GPU else "cpu")
+    datamodule = build(cfg.data, "data")
     datamodule.setup("fit")
     source, indices = datamodule._sources["train"]
     images, targets = source.images[indices].to(device), source.targets[indices].to(device)
-    optimizer = instantiate(cfg.model.optimizer)(model.parameters())
-    bf16 = "bf16" in str(cfg.trainer.precision)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    mean, std = model.pixel_mean.to(device), model.pixel_std.to(device)
-    batch_size = cfg.data.batch_size
+    model = raw_model(cfg, datamodule.num_classes).to(device)
+    channels_last = GPU
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model, mode=case.compile) if case.compile else model
+    fused = {"fused": True} if GPU else {}
+    optimizer = build(cfg.model.optimizer, "model.optimizer")(model.parameters(), **fused)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in setup.precision else nullcontext()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    batch_size = case.batch_size
+    order = torch.randperm(len(targets), device=device)
     model.train()
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(device)
+    for step in range(setup.warmup + setup.steps):
+        if step == setup.warmup:
+            synchronize()
             start = time.perf_counter()
-        batch = torch.randint(0, len(targets), (batch_size,), device=device)
+        batch = order[step * batch_size : (step + 1) * batch_size]
         x = (images[batch].float() - mean) / std
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            loss = F.cross_entropy(model.head(model.backbone(x)), targets[batch])
+            loss = F.cross_entropy(step_model(x), targets[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    synchronize()
+    return setup.steps * batch_size / (time.perf_counter() - start)
+
+
+def interleaved(rounds: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """ABBA order over rounds, so neither side always runs first (warm caches, clocks, thermal state)."""
+    first, second = [], []
+    for i in range(rounds):
+        if i % 2 == 0:
+            first.append(a())
+            second.append(b())
+        else:
+            second.append(b())
+            first.append(a())
+    return first, second
+
+
+def summary(name: str, raw: list[float], framework: list[float], unit: str = "img/s") -> dict[str, Any]:
+    raw_median, fw_median = statistics.median(raw), statistics.median(framework)
+    return {
+        "case": name,
+        "unit": unit,
+        "raw": sorted(raw),
+        "framework": sorted(framework),
+        "raw_median": raw_median,
+        "framework_median": fw_median,
+        "ratio": fw_median / raw_median if unit == "img/s" else raw_median / fw_median,
+    }
+
+
+def run_case(setup: Setup, case: Case) -> dict[str, Any]:
+    counter = iter(range(10_000))
+
+    def cfg() -> DictConfig:
+        return compose_cfg(setup, case, setup.out / f"{case.name}-{next(counter)}")
+
+    raw, framework = interleaved(
+        setup.repeats, lambda: raw_rate(cfg(), setup, case), lambda: framework_rate(cfg(), setup)
+    )
+    return summary(case.name, raw, framework)
+
+
+# -- the CLI epoch ---------------------------------------------------------------------------------
+def write_cifar10(root: Path, train_images: int, seed: int = 0) -> Path:
+    """CIFAR-10 python batches in the official layout (random pixels: only speed is measured)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    per_batch = train_images // 5
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = per_batch if name != "test_batch" else max(100, per_batch // 5)
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": (np.arange(n) % 10).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f, protocol=2)
+    return root
+
+
+def cli_epoch_seconds(setup: Setup, data_root: Path, batch_size: int, epochs: int, run_dir: Path) -> float:
+    """The last epoch's wall time (training + validation) of a real `tl-train` subprocess."""
+    command = [
+        sys.executable,
+        "-m",
+        "transferlab.train",
+        "data=cifar10",
+        f"data.root={data_root}",
+        f"data.batch_size={batch_size}",
+        f"model.backbone.name={setup.backbone}",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.precision={setup.precision}",
+        f"trainer.accelerator={'gpu' if GPU else 'cpu'}",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"tl-train failed:\n{result.stderr[-3000:]}")
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]["time/epoch_s"]
+
+
+def raw_epoch_seconds(setup: Setup, data_root: Path, batch_size: int) -> float:
+    """The hand-written loop's time for one training epoch over the same training images."""
+    case = Case("cli_epoch", batch_size)
+    run_dir = setup.out / "raw-epoch"
+    cfg = compose_cfg(setup, case, run_dir, ["data=cifar10", f"data.root={data_root}", "data.num_workers=0"])
+    datamodule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    steps = len(datamodule._sources["train"][1]) // batch_size
+    epoch = Setup(**{**setup.__dict__, "steps": steps, "warmup": 0})
+    rate = raw_rate(cfg, epoch, case)
+    return steps * batch_size / rate
+
+
+def run_cli_epoch(setup: Setup, train_images: int, batch_size: int) -> dict[str, Any]:
+    data_root = write_cifar10(setup.out / "cifar", train_images)
+    counter = iter(range(10_000))
+    raw, framework = interleaved(
+        setup.repeats,
+        lambda: raw_epoch_seconds(setup, data_root, batch_size),
+        lambda: cli_epoch_seconds(setup, data_root, batch_size, 2, setup.out / f"cli-{next(counter)}"),
+    )
+    return summary("cli_epoch", raw, framework, unit="s/epoch")
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    big = 16 if args.smoke else 512
+    small = 8 if args.smoke else 100
+    presets = args.augment_presets.split(",") if args.augment_presets else list(AUGMENT_PRESETS)
+    listed = [Case("eager_b512", big), Case("eager_b100", small)]
+    listed += [Case(f"e2e_{preset}_b512", big, augment=preset) for preset in presets]
+    modes = args.compile_modes.split(",") if args.compile_modes is not None else (COMPILE_MODES if GPU else ())
+    listed += [Case(f"compile_{mode}_b512", big, compile=mode) for mode in modes if mode]
+    return [c for c in listed if not args.case or c.name in args.case]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--dataset-size", type=int, default=20000)
+    parser.add_argument("--case", action="append", help="run only these cases (repeatable); cli_epoch included")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--precision", default="bf16-mixed" if torch.cuda.is_available() else "32-true")
-    parser.add_argument("--compile", default=None, help="torch.compile mode for both sides")
-    parser.add_argument(
-        "--augment", default="none", help="transferlab's augment preset (the raw loop has none): none = model cost only"
-    )
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--compile-modes", default=None, help="comma list (default: all on GPU, none on CPU)")
+    parser.add_argument("--augment-presets", default=None, help=f"comma list (default: {','.join(AUGMENT_PRESETS)})")
+    parser.add_argument("--cli-images", type=int, default=45_000, help="training images of the cli_epoch case")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized: tiny model, few steps, every case once")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    with TemporaryDirectory() as tmp:
-        cfg = compose_cfg(args, Path(tmp))
-        raw = raw_loop_throughput(cfg, args.warmup, args.steps)
-        framework = transferlab_throughput(cfg, args.warmup)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    setup = Setup(backbone=args.backbone, steps=args.steps, repeats=args.repeats)
+    if args.smoke:
+        setup = Setup(backbone="mobilenet_v3_small", steps=3, warmup=2, repeats=1)
+    device = torch.cuda.get_device_name() if GPU else f"CPU ({torch.get_num_threads()} threads)"
     print(
-        f"device: {device}; {args.backbone} @ {args.image_size}px, batch {args.batch_size}, {args.precision}, "
-        f"compile={args.compile}, transferlab augment={args.augment}"
+        f"device: {device}; torch {torch.__version__}, Lightning {pl.__version__}; {setup.backbone} @ "
+        f"{setup.image_size} px, {setup.precision}, {setup.steps} timed steps × {setup.repeats} rounds",
+        flush=True,
     )
-    print(f"hand-written loop : {raw:10.1f} img/s")
-    print(f"transferlab       : {framework:10.1f} img/s")
-    print(f"ratio             : {framework / raw:10.3f}")
+    results = []
+    with TemporaryDirectory() as tmp:
+        setup.out = Path(tmp)
+        for case in cases(args):
+            results.append(run_case(setup, case))
+            print_row(results[-1])
+        if not args.case or "cli_epoch" in args.case:
+            images = 400 if args.smoke else args.cli_images
+            results.append(run_cli_epoch(setup, images, 16 if args.smoke else 128))
+            print_row(results[-1])
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "results": results}, indent=2))
+
+
+def print_row(row: dict[str, Any]) -> None:
+    def fmt(values: list[float]) -> str:
+        return f"{statistics.median(values):10.1f} ({min(values):.1f}–{max(values):.1f})"
+
+    print(
+        f"{row['case']:<26} raw {fmt(row['raw'])}  transferlab {fmt(row['framework'])} {row['unit']}"
+        f"  ratio {row['ratio']:.3f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

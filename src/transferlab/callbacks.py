@@ -134,6 +134,39 @@ class ModelCheckpoint(_ModelCheckpoint):
             self._write_last(trainer, self._monitor_candidates(trainer))  # the final state is always resumable
 
 
+class EpochTimer(pl.Callback):
+    """Log how long epochs take: ``time/epoch_s`` (training + validation) and ``time/boundary_s``.
+
+    The boundary is the time from one epoch's last training step to the next epoch's first: validation,
+    checkpoint writes, loader restarts. It should stay a small fraction of an epoch (BENCHMARKS.md).
+    """
+
+    def __init__(self) -> None:
+        self._epoch_start: float | None = None
+        self._last_step_end: float | None = None
+        self._boundary: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._last_step_end is not None:  # first step of a new epoch
+            self._boundary = time.perf_counter() - self._last_step_end
+            self._last_step_end = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.done:  # the epoch's last training step
+            self._last_step_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_start is None:
+            return
+        times = {"time/epoch_s": time.perf_counter() - self._epoch_start}
+        if self._boundary is not None:
+            times["time/boundary_s"] = self._boundary
+        pl_module.log_dict({k: torch.tensor(v) for k, v in times.items()}, sync_dist=False, rank_zero_only=True)
+
+
 class RunConfigInCheckpoint(pl.Callback):
     """Store the run's resolved config (plain containers) in every checkpoint.
 

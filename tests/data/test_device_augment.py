@@ -361,13 +361,18 @@ def test_unsupported_transforms_and_options_are_refused() -> None:
 
 def test_no_host_synchronisation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every preset (and hue jitter, fills, RandomResizedCrop's fallback) runs without reading a tensor value back
-    on the host: no item/tolist/bool/int/float conversion, no nonzero."""
+    on the host: no item/tolist/bool/int/float conversion, no nonzero, no boolean-mask indexing."""
     transforms = [build_preset(path) for path in PRESETS] + [
         v2.Compose([v2.ColorJitter(hue=0.2), v2.RandomRotation(10, fill=[1, 2, 3], interpolation="bilinear")]),
         v2.Compose([v2.RandomCrop(30, padding=2, fill=5), v2.RandomResizedCrop(24, scale=(2.0, 3.0))]),
     ]
     augments = [augment for augment in map(device_augment_from, transforms) if augment is not None]
     calls: list[str] = []
+
+    def masked(index: object) -> bool:
+        items = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(item, torch.Tensor) and item.dtype == torch.bool for item in items)
+
     for name in ["item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"]:
         original = getattr(torch.Tensor, name)
 
@@ -376,6 +381,15 @@ def test_no_host_synchronisation(monkeypatch: pytest.MonkeyPatch) -> None:
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
+    for name in ["__getitem__", "__setitem__"]:
+        original = getattr(torch.Tensor, name)
+
+        def indexing(self, index, *args, _name=name, _original=original):
+            if masked(index):
+                calls.append(f"{_name} with a boolean mask")
+            return _original(self, index, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, indexing)
     monkeypatch.setattr(torch, "nonzero", lambda *a, **k: calls.append("torch.nonzero"))
     images = random_images(16, size=32)
     for augment in augments:

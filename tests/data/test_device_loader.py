@@ -3,11 +3,16 @@ itself is tested in test_device_augment.py."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from transferlab.data import device_augment
 from transferlab.data.device_loader import DeviceAugment, DeviceBatchLoader, device_augment_from
 from transferlab.train import run
+from transferlab.utils.errors import UserError
 
 
 def loader(count: int, shuffle: bool, rank: int = 0, world: int = 1, batch: int = 4) -> DeviceBatchLoader:
@@ -40,3 +45,18 @@ def test_augment_is_importable_from_the_loader_module() -> None:
 def test_training_with_device_resident_data(make_cfg) -> None:
     cfg = make_cfg("data.on_gpu=true")
     assert run(cfg) is not None
+
+
+def test_auto_device_path_falls_back_to_the_cpu_loader_for_a_custom_transform(make_cfg, monkeypatch) -> None:
+    """data.on_gpu=null never errors: a transform with no device version runs on the CPU DataLoader path."""
+    for on_gpu in (None, True):
+        cfg = make_cfg(f"data.on_gpu={'null' if on_gpu is None else 'true'}")
+        datamodule = instantiate(cfg.data, augment=v2.GaussianBlur(3))
+        datamodule.setup("fit")
+        monkeypatch.setattr(datamodule, "device_resident", lambda: True)  # as on a GPU
+        if on_gpu is None:
+            with pytest.warns(UserWarning, match="GaussianBlur has no device-resident version.*CPU DataLoader"):
+                assert isinstance(datamodule.train_dataloader(), DataLoader)
+        else:
+            with pytest.raises(UserError, match="GaussianBlur has no device-resident version"):
+                datamodule.train_dataloader()

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from transferlab.data.device_loader import DeviceBatchLoader, device_augment_from
-from transferlab.utils.errors import UserError
+from transferlab.utils.errors import UserError, one_line
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -225,6 +226,13 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         return DeviceBatchLoader(images, targets, self.per_device_batch_size(), shuffle, augment, rank, world)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader | DeviceBatchLoader:
-        if self.device_resident():
+        if not self.device_resident():
+            return super()._loader(split, shuffle)
+        try:
             return self._device_loader(split, shuffle)
-        return super()._loader(split, shuffle)
+        except UserError as err:
+            if self.on_gpu:  # asked for explicitly: say why it cannot be done
+                raise
+            rank_zero_warn(f"{one_line(err)}; data.on_gpu=null (auto) uses the CPU DataLoader path instead")
+            self.on_gpu = False
+            return super()._loader(split, shuffle)

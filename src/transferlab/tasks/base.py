@@ -20,6 +20,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from transferlab.finetune import Finetune
+from transferlab.utils.compile import compile_forward
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError, describe
 
@@ -75,6 +76,7 @@ class TransferTask(pl.LightningModule, abc.ABC):
         self.finetune = Finetune.from_config(to_plain(finetune))
         self.compile_mode = compile
         self.channels_last = channels_last
+        self._channels_last_on: bool | None = None  # decided in configure_model, once the device is known
         self.backbone: nn.Module | None = None  # subclasses with a pretrained part assign it
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage → loss term → Σ value·batch (device)
         self._loss_counts: dict[str, int] = {}
@@ -93,7 +95,8 @@ class TransferTask(pl.LightningModule, abc.ABC):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 255] float) images → ImageNet-normalised float, in the memory format the model runs."""
         out = (images.float() - self.pixel_mean) / self.pixel_std
-        return out.contiguous(memory_format=torch.channels_last) if self._use_channels_last() else out
+        channels_last = self._channels_last_on if self._channels_last_on is not None else self._use_channels_last()
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Run the backbone, without building a graph through it while it is frozen."""
@@ -188,15 +191,17 @@ class TransferTask(pl.LightningModule, abc.ABC):
             )
 
     def configure_model(self) -> None:
-        if self._use_channels_last():
+        self._channels_last_on = self._use_channels_last()  # fixed for the run: no trainer lookup per step
+        if self._channels_last_on:
             self.to(memory_format=torch.channels_last)
-        if self.compile_mode:  # in place: state_dict keys stay unchanged
+        if self.compile_mode:
             for module in self.compiled_modules():
-                module.compile(mode=self.compile_mode)
+                compile_forward(module, self.compile_mode, type(module).__name__)
 
     def compiled_modules(self) -> list[nn.Module]:
-        """What ``model.compile`` compiles: the backbone (tasks without one override this)."""
-        return [self.backbone] if self.backbone is not None else []
+        """What ``model.compile`` compiles: the task's forward (input normalisation, backbone and head in one
+        graph, its backward compiled with it), as a hand-written compiled loop compiles its whole model."""
+        return [self]
 
     def train(self, mode: bool = True) -> TransferTask:
         super().train(mode)

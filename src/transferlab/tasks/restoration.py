@@ -130,9 +130,6 @@ class RestorationTask(TransferTask):
             metrics["psnr_masked"] = PeakSignalNoiseRatio(data_range=data_range)  # over all missing pixels
         return MetricCollection(metrics, compute_groups=False)
 
-    def compiled_modules(self) -> list[nn.Module]:
-        return [self.backbone, self.decoder] if self.backbone is not None else [self.net]
-
     # -- model -------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[0, 1] degraded images (N, 3, H, W) (+ mask (N, 1, H, W), 1 = missing) → restored (N, 3, sH, sW)."""

@@ -107,7 +107,7 @@ class StyleTransferTask(TransferTask):
         self._grid: list[torch.Tensor] | None = None
 
     def compiled_modules(self) -> list[nn.Module]:
-        return [self.net]
+        return [self.net, self.loss_net]  # the stylizer and the frozen VGG that scores it
 
     # -- style targets -----------------------------------------------------------------------------
     def style_grams(self) -> dict[str, torch.Tensor]:
