@@ -120,7 +120,8 @@ class BatchedDataModule(pl.LightningDataModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches of the device-resident path are already there: skip Lightning's generic collection walk."""
-        if isinstance(batch, tuple | list) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+        tensors = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, tuple | list) else None
+        if tensors is not None and all(isinstance(t, torch.Tensor) and t.device == device for t in tensors):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

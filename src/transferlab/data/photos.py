@@ -10,6 +10,7 @@ sample is (degraded, clean, mask) for restoration, degraded on the fly; without 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,10 @@ class PhotoDataModule(BatchedDataModule):
         degrade: Degrade | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
+        on_gpu: bool | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.on_gpu = on_gpu
         if patch_size < 8:
             raise UserError(f"data.patch_size must be at least 8, got {patch_size}")
         if train_patches < 1 or val_patches < 1:
@@ -156,6 +159,8 @@ class PhotoDataModule(BatchedDataModule):
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.degrade = degrade
         self.photo_names: dict[str, list[str]] = {}
+        self._train_photos: list[torch.Tensor] = []
+        self._on_device: dict[str, Any] = {}
 
     def task_args(self) -> dict[str, Any]:
         """Restoration models learn the up-scale factor and mask channel from the degradations."""
@@ -175,9 +180,39 @@ class PhotoDataModule(BatchedDataModule):
         self.photo_names = {"train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx]}
         train = [photos[i] for i in train_idx]
         val = [photos[i] for i in val_idx]
+        self._train_photos = [at_least(p, self.patch_size) for p in train]
         self._splits = {
             "train": PatchDataset(train, self.patch_size, self.train_patches, self.degrade, seed=None),
             "val": PatchDataset(val, self.patch_size, self.val_patches, self.degrade, seed=self.split_seed),
             # No third photo set is held out: the test stage re-scores other fixed patches of the val photos.
             "test": PatchDataset(val, self.patch_size, self.val_patches, self.degrade, seed=self.split_seed + 1),
         }
+
+    # -- the device path -----------------------------------------------------------------------------
+    def device_resident(self) -> bool:
+        """Patches made on the training device (`on_gpu`; auto: when training on a GPU)."""
+        if self.on_gpu is None:
+            return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return bool(self.on_gpu)
+
+    def _loader(self, split: str, shuffle: bool) -> Any:
+        if not self.device_resident():
+            return super()._loader(split, shuffle)
+        from transferlab.data.device_degrade import DeviceDegrade
+        from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
+
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        batch_size = self.per_device_batch_size()
+        if split == "train":
+            if "train" not in self._on_device:  # uploaded once, kept for the run
+                degrade = DeviceDegrade.from_degrade(self.degrade) if self.degrade is not None else None
+                self._on_device["train"] = (PhotoBank(self._train_photos, device), degrade)
+            bank, degrade = self._on_device["train"]
+            seed = int(os.environ.get("PL_GLOBAL_SEED", self.split_seed))
+            return DevicePatchLoader(bank, self.patch_size, self.train_patches, batch_size, degrade, seed, rank, world)
+        if split not in self._on_device:  # the fixed, seeded patches of the CPU path, made once
+            dataset = self._splits[split]
+            samples = [dataset[i] for i in range(len(dataset))]
+            self._on_device[split] = {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}
+        return FixedBatchLoader(self._on_device[split], batch_size, rank, world)
