@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -192,7 +193,7 @@ def test_global_batch_is_split_per_device() -> None:
 def test_cifar_download_offline_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     import urllib.error
 
-    import torchvision.datasets.cifar as cifar_module
+    import transferlab.data.cifar as cifar_module
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -256,3 +257,63 @@ def test_cifar_batch_is_read_as_data_only(tmp_path: Path, payload, message: str)
     with pytest.raises(UserError, match=message) as raised:
         dm.setup("fit")
     assert "data_batch_3" in str(raised.value) and not canary.exists()
+
+
+def test_imagefolder_cache_holds_the_folder_pre_resized(tmp_path: Path) -> None:
+    """The cache is every image of train/ and val/, short side resized and centre-cropped, in folder order."""
+    from transferlab.data.imagefolder import read_cache, square_image, write_cache
+
+    write_imagefolder(tmp_path)
+    path = write_cache(tmp_path, size=20)
+    assert path == tmp_path / "cache-20px.pt" and not list(tmp_path.glob(".*.tmp"))
+    cache = read_cache(tmp_path, 20)
+    train = cache["splits"]["train"]
+    assert cache["classes"] == ["cat", "dog"] and train["images"].shape == (len(train["files"]), 3, 20, 20)
+    for i in (0, len(train["files"]) - 1):
+        assert torch.equal(train["images"][i], square_image(str(tmp_path / train["files"][i]), 20))
+    assert train["targets"].tolist() == sorted(train["targets"].tolist())  # class folders in order
+
+
+def test_imagefolder_trains_from_the_cache_on_the_device_path(tmp_path: Path, make_cfg) -> None:
+    from transferlab.data.imagefolder import write_cache
+    from transferlab.train import run
+
+    write_imagefolder(tmp_path / "folder")
+    write_cache(tmp_path / "folder", size=28)
+    cfg = make_cfg(
+        "data=imagefolder",
+        f"data.root={tmp_path / 'folder'}",
+        "data.cache=28",
+        "data.image_size=24",
+        "data.on_gpu=true",  # the GPU-resident path (here on the CPU device) with RandomResizedCrop on the device
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "model.backbone.name=mobilenet_v3_small",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        tiny=False,
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    assert datamodule._sources["test"][0].images.shape[-1] == 24  # evaluation images fitted once
+    assert datamodule._sources["train"][0].images.shape[-1] == 28  # RandomResizedCrop crops the cache
+    assert run(cfg) is not None
+
+
+def test_imagefolder_cache_errors_are_one_line(tmp_path: Path) -> None:
+    from transferlab.data.imagefolder import cache_path, write_cache
+
+    write_imagefolder(tmp_path)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, cache=32)
+    with pytest.raises(UserError, match=r"no 32 px cache at .*python -m transferlab.data.imagefolder .* --size 32"):
+        dm.setup("fit")
+    torch.save({"format": "something else"}, cache_path(tmp_path, 32))
+    with pytest.raises(UserError, match="is not a transferlab 32 px image-folder cache"):
+        ImageFolderDataModule(root=str(tmp_path), image_size=16, cache=32).setup("fit")
+    (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    cache_path(tmp_path, 32).unlink()
+    with pytest.raises(UserError, match="broken.jpg"):
+        write_cache(tmp_path, 32)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob(".*.tmp"))  # nothing half-written

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -25,6 +26,23 @@ from transferlab.data.device_loader import DeviceBatchLoader, device_augment_fro
 from transferlab.utils.errors import UserError, one_line
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    """Bilinear (antialiased) resize of a square uint8 batch to `size`², in chunks to bound memory."""
+    out = [
+        F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round_()
+        .clamp_(0, 255)
+        .to(torch.uint8)
+        for part in images.split(chunk)
+    ]
+    return torch.cat(out)
+
+
+def center_crop_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    top, left = (images.shape[-2] - size) // 2, (images.shape[-1] - size) // 2
+    return images[..., top : top + size, left : left + size]
 
 
 class TensorImageDataset(Dataset):
@@ -177,6 +195,10 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
     def train_transform(self) -> Transform | None:
         return self.augment
 
+    def fit_eval_images(self, images: torch.Tensor) -> torch.Tensor:
+        """What `eval_transform` does, for a whole in-memory split at once (the device path); none by default."""
+        return images
+
     # -- shared machinery --------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
@@ -220,7 +242,8 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
             images, targets = source.images, source.targets  # type: ignore[attr-defined]
             if indices is not None:
                 images, targets = images[indices], targets[indices]
-            self._on_device[split] = (images.to(device), targets.to(device))
+            images = images.to(device)
+            self._on_device[split] = (images if shuffle else self.fit_eval_images(images), targets.to(device))
         images, targets = self._on_device[split]
         augment = device_augment_from(self.train_transform(), self.image_size) if shuffle else None
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)

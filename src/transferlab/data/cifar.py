@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import download_and_extract_archive
 
-from transferlab.data.base import ClassificationDataModule, TensorImageDataset
+from transferlab.data.base import ClassificationDataModule, TensorImageDataset, resize_uint8
 from transferlab.utils.errors import UserError, describe
 
 ARCHIVES = {CIFAR10: "cifar-10-python.tar.gz", CIFAR100: "cifar-100-python.tar.gz"}
@@ -129,15 +128,3 @@ class CIFARDataModule(ClassificationDataModule):
         if self.image_size != images.shape[-1]:  # resize once for the whole split, not per sample
             images = resize_uint8(images, self.image_size)
         return TensorImageDataset(images, torch.as_tensor(labels), classes)
-
-
-def resize_uint8(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
-    """Bilinear (antialiased) resize of a uint8 batch, in chunks to bound memory."""
-    out = [
-        F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        .round_()
-        .clamp_(0, 255)
-        .to(torch.uint8)
-        for part in images.split(chunk)
-    ]
-    return torch.cat(out)
