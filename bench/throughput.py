@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import statistics
 import subprocess
@@ -73,6 +74,10 @@ class Case:
     batch_size: int
     augment: str = "none"
     compile: str | None = None
+    family: str = "classify"  # classify | folder | restore | style (which hand-written step the raw side runs)
+    overrides: list[str] = field(default_factory=list)  # the framework config of a non-default case
+    overrides_backbone: str = "resnet18"
+    image_size: int = 32
 
 
 def synchronize() -> None:
@@ -105,22 +110,54 @@ def compose_cfg(setup: Setup, case: Case, run_dir: Path, data: list[str] | None 
         f"data.train_size={int(case.batch_size * (steps + 2) / 0.9) + 10}",  # the timed steps lie in epoch 1
         "data.test_size=100",
     ]
+    if case.family == "folder":
+        return compose_overrides(
+            run_dir,
+            [
+                *case.overrides,
+                f"data.batch_size={case.batch_size}",
+                f"model.backbone.name={case.overrides_backbone}",
+                "model.scheduler=null",
+                *common_overrides(setup, steps, epochs=1000),  # a folder is a few batches: epochs wrap
+            ],
+        )
+    if case.family != "classify":
+        return compose_overrides(
+            run_dir,
+            [
+                *case.overrides,
+                f"data.batch_size={case.batch_size}",
+                f"data.train_patches={case.batch_size * (steps + 2)}",
+            ]
+            + common_overrides(setup, steps),
+        )
     overrides = [
         f"model.backbone.name={setup.backbone}",
         *(shapes if data is None else data),
         f"data.batch_size={case.batch_size}",
         f"data/augment={case.augment}",
+        *common_overrides(setup, steps),
+        "model.scheduler=null",
+        *([f"model.compile={case.compile}"] if case.compile else []),
+    ]
+    return compose_overrides(run_dir, overrides)
+
+
+def common_overrides(setup: Setup, steps: int, epochs: int = 1) -> list[str]:
+    """Trainer settings of every case: the timed steps, no validation (``epochs`` > 1 when a small set wraps)."""
+    return [
         f"trainer.precision={setup.precision}",
         f"trainer.accelerator={'gpu' if GPU else 'cpu'}",
         f"+trainer.max_steps={steps + 1}",
-        "trainer.max_epochs=1",
+        f"trainer.max_epochs={epochs}",
         "+trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
         "trainer.enable_model_summary=false",
         "callbacks.early_stopping=null",  # acts after validation only, which the timed window never reaches
-        "model.scheduler=null",
-        *([f"model.compile={case.compile}"] if case.compile else []),
     ]
+
+
+def compose_overrides(run_dir: Path, overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
@@ -147,14 +184,18 @@ def raw_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     return nn.Sequential(backbone.body, nn.Linear(backbone.num_features, num_classes))
 
 
-def raw_rate(cfg: DictConfig, setup: Setup, case: Case) -> float:
+def raw_rate(
+    cfg: DictConfig, setup: Setup, case: Case, tensors: tuple[torch.Tensor, torch.Tensor, int] | None = None
+) -> float:
     """img/s of the loop a researcher writes by hand: data on the device, no framework, no augmentation."""
     device = torch.device("cuda" if GPU else "cpu")
-    datamodule = build(cfg.data, "data")
-    datamodule.setup("fit")
-    source, indices = datamodule._sources["train"]
-    images, targets = source.images[indices].to(device), source.targets[indices].to(device)
-    model = raw_model(cfg, datamodule.num_classes).to(device)
+    if tensors is None:
+        datamodule = build(cfg.data, "data")
+        datamodule.setup("fit")
+        source, indices = datamodule._sources["train"]
+        tensors = (source.images[indices], source.targets[indices], datamodule.num_classes)
+    images, targets, num_classes = tensors[0].to(device), tensors[1].to(device), tensors[2]
+    model = raw_model(cfg, num_classes).to(device)
     channels_last = GPU
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -171,12 +212,63 @@ def raw_rate(cfg: DictConfig, setup: Setup, case: Case) -> float:
         if step == setup.warmup:
             synchronize()
             start = time.perf_counter()
-        batch = order[step * batch_size : (step + 1) * batch_size]
+        batch = order[torch.arange(step * batch_size, (step + 1) * batch_size, device=device) % len(order)]
         x = (images[batch].float() - mean) / std
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             loss = F.cross_entropy(step_model(x), targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    synchronize()
+    return setup.steps * batch_size / (time.perf_counter() - start)
+
+
+def raw_model_only_rate(cfg: DictConfig, setup: Setup, case: Case) -> float:
+    """img/s of the hand-written loop on random images already on the device (model-only throughput)."""
+    with open_dict(cfg):
+        cfg.model.backbone.name = case.overrides_backbone
+    images = torch.randint(0, 256, (4 * case.batch_size, 3, case.image_size, case.image_size), dtype=torch.uint8)
+    targets = torch.randint(0, 10, (len(images),))
+    return raw_rate(cfg, setup, case, tensors=(images, targets, 10))
+
+
+def raw_image_rate(cfg: DictConfig, setup: Setup, case: Case) -> float:
+    """img/s of a hand-written restoration / style-transfer step over patches already on the device.
+
+    The patches are made once by the CPU path (same degradations) and cycled; the network, loss and
+    optimizer are the task's own modules, called directly as a researcher's loop would.
+    """
+    device = torch.device("cuda" if GPU else "cpu")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args()).to(device)
+    datamodule.setup("fit")
+    dataset = datamodule._splits["train"]
+    samples = [dataset[i] for i in range(min(len(dataset), 4 * case.batch_size))]
+    patches = {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}
+    if GPU:
+        task = task.to(memory_format=torch.channels_last)
+    task._channels_last_on = GPU
+    optimizer = torch.optim.Adam(
+        [p for p in task.parameters() if p.requires_grad], lr=1e-4, **({"fused": True} if GPU else {})
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in setup.precision else nullcontext()
+    count, batch_size = len(samples), case.batch_size
+    task.train()
+    for step in range(setup.warmup + setup.steps):
+        if step == setup.warmup:
+            synchronize()
+            start = time.perf_counter()
+        index = torch.arange(step * batch_size, (step + 1) * batch_size, device=device) % count
+        clean = patches["clean"][index].float() / 255
+        with autocast:
+            if case.family == "restore":
+                restored = task(patches["degraded"][index].float() / 255, patches["mask"][index].float())
+                loss = F.l1_loss(restored, clean)
+            else:
+                terms, _, _ = task.loss_terms(clean, fixed_style=False)
+                loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -216,8 +308,9 @@ def run_case(setup: Setup, case: Case) -> dict[str, Any]:
     def cfg() -> DictConfig:
         return compose_cfg(setup, case, setup.out / f"{case.name}-{next(counter)}")
 
+    raw_side = {"classify": raw_rate, "folder": raw_model_only_rate}.get(case.family, raw_image_rate)
     raw, framework = interleaved(
-        setup.repeats, lambda: raw_rate(cfg(), setup, case), lambda: framework_rate(cfg(), setup)
+        setup.repeats, lambda: raw_side(cfg(), setup, case), lambda: framework_rate(cfg(), setup)
     )
     return summary(case.name, raw, framework)
 
@@ -293,7 +386,98 @@ def cases(args: argparse.Namespace) -> list[Case]:
     listed += [Case(f"e2e_{preset}_b512", big, augment=preset) for preset in presets]
     modes = args.compile_modes.split(",") if args.compile_modes is not None else (COMPILE_MODES if GPU else ())
     listed += [Case(f"compile_{mode}_b512", big, compile=mode) for mode in modes if mode]
+    listed += image_to_image_cases(args.smoke)
+    listed += folder_cases(args.smoke, args.folder)
     return [c for c in listed if not args.case or c.name in args.case]
+
+
+def write_jpeg_folder(root: Path, train_per_class: int, val_per_class: int, size: tuple[int, int]) -> Path:
+    """An ImageNet-style folder of photo-like JPEGs (smooth colour fields plus grain), 10 classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(10):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                coarse = torch.from_numpy(rng.random((1, 3, 6, 8), dtype=np.float32))
+                smooth = F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)[0]
+                grain = torch.from_numpy(rng.normal(0, 0.03, (3, *size)).astype(np.float32))
+                pixels = ((smooth + grain).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+                Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def folder_cases(smoke: bool, folder: Path | None) -> list[Case]:
+    """ResNet-50 / ResNet-18 @ 224 px from a folder of JPEG files: decoded by workers, and from the cache."""
+    if folder is None:
+        return []
+    size, cache = (32, 40) if smoke else (224, 256)
+    workers = max(1, (os.cpu_count() or 2) - 1)
+    data = ["data=imagefolder", f"data.root={folder}", f"data.image_size={size}", f"data.num_workers={workers}"]
+    backbones = ["mobilenet_v3_small"] if smoke else ["resnet50", "resnet18"]
+    batch = 4 if smoke else 256
+    return [
+        Case(
+            f"folder_{source}_{bb}",
+            batch,
+            family="folder",
+            overrides=data + extra,
+            overrides_backbone=bb,
+            image_size=size,
+        )
+        for bb in backbones
+        for source, extra in (("files", []), ("cache", [f"data.cache={cache}"]))
+    ]
+
+
+def image_to_image_cases(smoke: bool) -> list[Case]:
+    """Restoration and style transfer through the photos datamodule (patches cut and degraded on the device)."""
+    tiny = ["data.patch_size=32"] if smoke else []
+    return [
+        Case(
+            "dncnn17_b128",
+            4 if smoke else 128,
+            family="restore",
+            overrides=["experiment=denoising", "data.patch_size=64", "model.net.depth=17", "model.net.channels=64"]
+            + (["model.net.depth=4", "model.net.channels=8", *tiny] if smoke else []),
+        ),
+        Case(
+            "unet_resnet34_b32",
+            4 if smoke else 32,
+            family="restore",
+            overrides=["experiment=denoising", "model=restore_unet", "model.loss=l1", "data.patch_size=128"]
+            + (
+                ["model.backbone.name=resnet18", "model.net.width=8", *tiny]
+                if smoke
+                else ["model.backbone.name=resnet34"]
+            ),
+        ),
+        Case(
+            "edsr_x2_b16",
+            4 if smoke else 16,
+            family="restore",
+            overrides=["experiment=denoising", "model=super_resolution", "data/degrade=downscale", "data.patch_size=96"]
+            + (["model.net.channels=8", "model.net.blocks=2", *tiny] if smoke else []),
+        ),
+        Case(
+            "johnson_vgg16_b8",
+            2 if smoke else 8,
+            family="style",
+            overrides=[
+                "experiment=style_transfer",
+                "data.patch_size=256",
+                "model.net.channels=32",
+                "model.net.res_blocks=5",
+            ]
+            + (
+                ["data.patch_size=64", "model.net.channels=4", "model.net.res_blocks=1", "model.style_size=64"]
+                if smoke
+                else []
+            ),
+        ),
+    ]
 
 
 def main() -> None:
@@ -306,6 +490,7 @@ def main() -> None:
     parser.add_argument("--augment-presets", default=None, help=f"comma list (default: {','.join(AUGMENT_PRESETS)})")
     parser.add_argument("--cli-images", type=int, default=45_000, help="training images of the cli_epoch case")
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: tiny model, few steps, every case once")
+    parser.add_argument("--no-folder", action="store_true", help="skip the JPEG-folder cases (they write a folder)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     setup = Setup(backbone=args.backbone, steps=args.steps, repeats=args.repeats)
@@ -320,6 +505,14 @@ def main() -> None:
     results = []
     with TemporaryDirectory() as tmp:
         setup.out = Path(tmp)
+        args.folder = None
+        wanted = not args.case or any(name.startswith("folder_") for name in args.case)
+        if not args.no_folder and wanted:
+            per_class, shape = (4, (48, 64)) if args.smoke else (400, (375, 500))
+            args.folder = write_jpeg_folder(setup.out / "jpegs", per_class, max(1, per_class // 10), shape)
+            from transferlab.data.imagefolder import write_cache
+
+            write_cache(args.folder, 40 if args.smoke else 256, workers=os.cpu_count() or 1)
         for case in cases(args):
             results.append(run_case(setup, case))
             print_row(results[-1])
