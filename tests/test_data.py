@@ -317,3 +317,35 @@ def test_imagefolder_cache_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="broken.jpg"):
         write_cache(tmp_path, 32)
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob(".*.tmp"))  # nothing half-written
+
+
+def test_imagefolder_decodes_jpeg_batches_on_the_device(tmp_path: Path, make_cfg) -> None:
+    """data.decode=device: workers read bytes, the training device decodes each batch and crops it there."""
+    from transferlab.train import run
+
+    write_imagefolder(tmp_path / "folder")
+    overrides = [
+        "data=imagefolder",
+        f"data.root={tmp_path / 'folder'}",
+        "data.image_size=24",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "model.backbone.name=mobilenet_v3_small",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+    ]
+    cfg = make_cfg(*overrides, "data.decode=device", tiny=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    encoded, targets = next(iter(datamodule.train_dataloader()))
+    assert isinstance(encoded, list) and all(e.dtype == torch.uint8 and e.dim() == 1 for e in encoded)
+    datamodule.trainer = type("T", (), {"training": True})()
+    images, _ = datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device((encoded, targets), "cpu", 0), 0)
+    assert images.shape == (4, 3, 24, 24) and images.dtype == torch.uint8
+    assert run(cfg) is not None
+    with pytest.raises(UserError, match="data.decode=device supports the imagenet augment preset"):
+        bad = instantiate(make_cfg(*overrides, "data.decode=device", "data/augment=cifar", tiny=False, out="b").data)
+        bad.setup("fit")
+        bad.train_dataloader()

@@ -123,8 +123,10 @@ class BatchedDataModule(pl.LightningDataModule):
             )
         return self.batch_size // world
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self._splits[split]
+    def _loader(
+        self, split: str, shuffle: bool, dataset: Dataset | None = None, collate_fn: Callable[..., Any] | None = None
+    ) -> DataLoader:
+        dataset = self._splits[split] if dataset is None else dataset
         batch_size = self.per_device_batch_size()
         return DataLoader(
             dataset,
@@ -134,6 +136,7 @@ class BatchedDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_fn,
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

@@ -22,19 +22,23 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from transferlab.data.base import (
+    BatchedDataModule,
     ClassificationDataModule,
     TensorImageDataset,
     Transform,
     center_crop_uint8,
     resize_uint8,
 )
+from transferlab.data.jpeg_batches import EncodedImages, TrainCrops, collate_encoded, decode_batch, eval_crops
 from transferlab.utils.errors import UserError
 
+DECODE_MODES = (None, "cpu", "device")
 CACHE_FORMAT = "transferlab-imagefolder-cache"
 CACHE_VERSION = 1
 
@@ -157,17 +161,69 @@ class ImageFolderDataModule(ClassificationDataModule):
     With `cache` (a size in px) the images come from the pre-resized cache of that size, in memory.
     """
 
-    def __init__(self, root: str, resize_ratio: float = 256 / 224, cache: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        resize_ratio: float = 256 / 224,
+        cache: int | None = None,
+        decode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        if decode not in DECODE_MODES:
+            raise UserError(f"data.decode must be one of {', '.join(map(str, DECODE_MODES))}, got '{decode}'")
         self.root = Path(root).expanduser()
         self.resize_ratio = resize_ratio
         self.cache = cache
+        self.decode = decode
         self._cache: dict[str, Any] | None = None
+        self._train_crops: TrainCrops | None = None
 
     def load_split(self, split: str) -> ImageFolder | TensorImageDataset:
         if self.cache is not None:
             return self._cached_split(split)
         return _image_folder(self.root / SPLIT_FOLDERS[split])
+
+    # -- JPEG decoding on the device -----------------------------------------------------------------
+    def _decodes_on_device(self) -> bool:
+        """``data.decode``: device (workers only read file bytes; one batched decode per step on the training
+        device, then RandomResizedCrop + flip there), cpu (PIL in the workers), or null = device when
+        training on a GPU and the augment preset is RandomResizedCrop + flip (`TrainCrops`), else cpu."""
+        if self.cache is not None or self.decode == "cpu":
+            return False
+        self._train_crops = TrainCrops.from_preset(self.augment, self.image_size)
+        if self.decode == "device":
+            if self._train_crops is None:
+                raise UserError(
+                    "data.decode=device supports the imagenet augment preset (RandomResizedCrop + flip) only. "
+                    "Use data/augment=imagenet or data.decode=cpu"
+                )
+            return True
+        on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return on_gpu and self._train_crops is not None
+
+    def _loader(self, split: str, shuffle: bool) -> Any:
+        if not self._decodes_on_device():
+            return super()._loader(split, shuffle)
+        source, indices = self._sources[split]
+        encoded: Dataset = EncodedImages(source.samples, source.classes)  # workers only read file bytes
+        if indices is not None:
+            encoded = Subset(encoded, indices)
+        return BatchedDataModule._loader(self, split, shuffle, dataset=encoded, collate_fn=collate_encoded)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, tuple | list) and isinstance(batch[0], list):  # encoded bytes stay on the host
+            return batch[0], batch[1].to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not (isinstance(batch, tuple | list) and isinstance(batch[0], list)):
+            return batch
+        encoded, targets = batch
+        images = decode_batch(encoded, targets.device)
+        if self.trainer is not None and self.trainer.training:
+            return self._train_crops(images), targets
+        return eval_crops(images, self.image_size, self.resize_ratio), targets
 
     def _cached_split(self, split: str) -> TensorImageDataset:
         """A split of the cache: training images kept at the cache size when the augmentation crops and resizes
@@ -195,7 +251,7 @@ class ImageFolderDataModule(ClassificationDataModule):
     def _fit_to_size(self) -> list[Transform]:
         return [v2.Resize(round(self.image_size * self.resize_ratio)), v2.CenterCrop(self.image_size)]
 
-    def train_transform(self) -> Transform:
+    def train_transform(self) -> Transform | None:
         if self.cache is not None:  # in memory, already at the size the augmentation expects (see _cached_split)
             return self.augment
         # The augment preset (e.g. RandomResizedCrop) normally sets the size; the final resize+crop makes

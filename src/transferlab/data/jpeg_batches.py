@@ -1,0 +1,274 @@
+"""Decode image folders on the training device: the building blocks.
+
+CPU DataLoader workers cannot decode JPEGs as fast as a GPU trains a light model. Here the workers only read
+the file bytes (`EncodedImages`, `collate_encoded`); the whole batch is then decoded in one
+`torchvision.io.decode_jpeg` call on the device (nvjpeg on CUDA, `decode_batch`) and cropped to a uniform
+batch there (`train_crops` / `TrainCrops`, `eval_crops`), reproducing what the CPU path's torchvision
+transforms do image by image:
+
+* `train_crops` draws every crop box with torchvision's own `RandomResizedCrop` algorithm (same random
+  calls in the same order, so with the same seed and no flips it returns exactly what torchvision returns) and resizes
+  with torchvision's `resized_crop`; flips are drawn and applied for the whole batch at once.
+* `eval_crops` is ``Resize(round(size * resize_ratio))`` + ``CenterCrop(size)`` per image.
+
+So that one decoder handles every batch, files that are not plain JPEGs (PNG, BMP, …, and CMYK/YCCK JPEGs,
+which libjpeg and PIL convert to RGB differently and nvjpeg may not convert at all) are decoded by the worker
+with PIL to RGB, exactly as the CPU path's ``load_rgb`` does, and re-encoded as JPEG quality 95. That costs
+one lossy round trip for those files only (a mean error of about one grey level on photo-like images, two
+or three on the sharp colour edges of palette graphics); grey and RGB JPEGs go to the device untouched and
+``mode=ImageReadMode.RGB`` converts grey ones there. The decoded pixels differ from PIL's by JPEG decoder
+tolerance (libjpeg-turbo or nvjpeg against PIL's libjpeg: about one grey level on average), so this path is
+not bit-identical to the CPU path; the crops are, for the same decoded image on the same device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
+from torchvision.transforms import InterpolationMode, v2
+
+from transferlab.utils.errors import UserError
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+REENCODE_QUALITY = 95  # high enough that the re-encoded non-JPEG files lose ~1 grey level on average
+
+# Start-of-frame markers (SOF0–SOF15 less DHT, JPG and DAC): their segment holds the component count.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0–7, SOI: no length field
+
+
+def jpeg_components(data: bytes | memoryview) -> int | None:
+    """Number of colour components of a JPEG (1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK), read from its frame
+    header; None when no frame header comes before the scan data (a damaged file)."""
+    pos, end = 2, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        if marker in _SOF_MARKERS:
+            # FF Cn, length (2), precision (1), height (2), width (2), components (1)
+            return data[pos + 9] if pos + 9 < end else None
+        if marker in (0xD9, 0xDA) or pos + 3 >= end:  # end of image or scan before any frame header
+            return None
+        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return None
+
+
+def _reencoded_rgb(path: str) -> torch.Tensor:
+    """`path` decoded with PIL to RGB (grey, palette, CMYK and alpha converted, as ``load_rgb`` does) and
+    re-encoded as a quality-95 JPEG, so the device decodes every image of a batch with the same call."""
+    try:
+        with Image.open(path) as image:
+            rgb = v2.functional.pil_to_tensor(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"cannot decode image {path} ({err}). Remove or replace the file") from err
+    return encode_jpeg(rgb, quality=REENCODE_QUALITY)
+
+
+def encoded_image(path: str) -> torch.Tensor:
+    """The JPEG bytes of `path` as a 1-D uint8 tensor: the file itself for a grey or colour JPEG, otherwise
+    the image re-encoded by `_reencoded_rgb`."""
+    try:
+        data = read_file(path)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"cannot read image {path} ({err}). Remove or replace the file") from err
+    head = memoryview(data.numpy())
+    if bytes(head[:3]) == JPEG_MAGIC and jpeg_components(head) in (1, 3):
+        return data
+    return _reencoded_rgb(path)  # also names a damaged JPEG whose header cannot be parsed
+
+
+class EncodedImages(Dataset):
+    """``(path, target)`` samples (as ``ImageFolder.samples``) served as ``(jpeg_bytes, target)``: the workers
+    only read files, the device decodes (`decode_batch`)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str] | None = None) -> None:
+        self.samples = list(samples)
+        self.targets = [target for _, target in self.samples]
+        self.classes = list(classes) if classes is not None else []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        return encoded_image(path), target
+
+
+def collate_encoded(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Keep the variable-length byte tensors as a list (what ``decode_jpeg`` takes); stack the targets."""
+    return [encoded for encoded, _ in batch], torch.tensor([target for _, target in batch], dtype=torch.long)
+
+
+def decode_batch(encoded: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """Decode a batch of JPEGs in one call on `device` (nvjpeg on CUDA): uint8 (3, H, W) RGB tensors there.
+
+    When the batch call fails, the images are decoded one by one to name the culprit's position in the batch.
+    """
+    if not encoded:
+        return []
+    try:
+        return list(decode_jpeg(encoded, device=device, mode=ImageReadMode.RGB))
+    except RuntimeError as batch_err:
+        for index, data in enumerate(encoded):
+            try:
+                decode_jpeg([data], device=device, mode=ImageReadMode.RGB)
+            except RuntimeError as err:
+                reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                raise UserError(
+                    f"cannot decode image {index} of a batch of {len(encoded)} ({reason}). "
+                    "Find the damaged file (e.g. with python -m PIL) and remove or replace it"
+                ) from err
+        raise UserError(f"cannot decode a batch of {len(encoded)} JPEG images on {device} ({batch_err})") from batch_err
+
+
+# -- training crops ----------------------------------------------------------------------------------------
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """``(top, left, crop_height, crop_width)`` drawn as torchvision's ``v2.RandomResizedCrop`` draws it: 10
+    attempts at a random area fraction and log-uniform aspect ratio, then the central fallback crop. The same
+    random calls in the same order (with ``generator=None``, the same boxes for the same global seed).
+
+    Reimplemented rather than calling torchvision's sampler, whose name and signature changed across
+    releases (``get_params`` / ``_get_params`` / ``make_params``) and which takes no generator.
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))  # float32, as torchvision keeps it
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return top, left, h, w
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_crops(
+    images: Sequence[torch.Tensor],
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+    generator: torch.Generator | None = None,
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+    antialias: bool | None = True,
+) -> torch.Tensor:
+    """RandomResizedCrop + RandomHorizontalFlip of images of different sizes into one (B, 3, size, size) batch.
+
+    Boxes are drawn per image on the host (`random_resized_crop_box`, a CPU `generator`), each crop is resized
+    with torchvision's ``resized_crop`` (one call per image: they differ in size), flips are drawn and applied
+    to the stacked batch at once. With ``flip_p=0`` and ``generator=None`` this returns exactly what
+    ``v2.RandomResizedCrop`` returns image by image for the same global seed.
+    """
+    if not images:
+        raise ValueError("train_crops needs at least one image")
+    crops = []
+    for image in images:
+        top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, ratio, generator)
+        crops.append(
+            v2.functional.resized_crop(
+                image, top, left, h, w, [size, size], interpolation=interpolation, antialias=antialias
+            )
+        )
+    batch = torch.stack(crops)
+    flip = torch.rand(len(crops), generator=generator) < flip_p  # flipped when rand < p, as torchvision does
+    flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(flip, batch.flip(-1), batch)
+
+
+def _steps(transform: Any) -> list[Any]:
+    """The transforms of a (possibly nested) ``v2.Compose``, in order."""
+    if isinstance(transform, v2.Compose):
+        return [step for inner in transform.transforms for step in _steps(inner)]
+    return [transform]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCrops:
+    """The ``RandomResizedCrop`` (+ ``RandomHorizontalFlip``) augmentation, applied by `train_crops`."""
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.0
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+    antialias: bool | None = True
+
+    @classmethod
+    def from_preset(cls, transform: Any, image_size: int) -> TrainCrops | None:
+        """Settings read from a torchvision-v2 preset made of one ``RandomResizedCrop`` to `image_size`² and at
+        most one ``RandomHorizontalFlip`` (either order: flipping commutes with the crop's distribution).
+
+        None, so that the caller keeps the CPU path, for anything else: other transforms, subclasses, no
+        crop, or a crop to another size (the CPU path would resize it again to `image_size`).
+        """
+        if transform is None:
+            return None
+        steps = _steps(transform)
+        crops = [step for step in steps if type(step) is v2.RandomResizedCrop]
+        flips = [step for step in steps if type(step) is v2.RandomHorizontalFlip]
+        if len(crops) != 1 or len(flips) > 1 or len(crops) + len(flips) != len(steps):
+            return None
+        crop = crops[0]
+        if list(crop.size) != [image_size, image_size] or isinstance(crop.interpolation, int):
+            return None  # another size, or a deprecated integer interpolation code
+        return cls(
+            size=image_size,
+            scale=(float(crop.scale[0]), float(crop.scale[1])),
+            ratio=(float(crop.ratio[0]), float(crop.ratio[1])),
+            flip_p=float(flips[0].p) if flips else 0.0,
+            interpolation=InterpolationMode(crop.interpolation),  # some releases keep the string
+            antialias=crop.antialias,
+        )
+
+    def __call__(self, images: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        return train_crops(
+            images, self.size, self.scale, self.ratio, self.flip_p, generator, self.interpolation, self.antialias
+        )
+
+
+# -- evaluation crops --------------------------------------------------------------------------------------
+
+
+def eval_crops(images: Sequence[torch.Tensor], size: int, resize_ratio: float) -> torch.Tensor:
+    """Short side resized to ``round(size * resize_ratio)`` (antialiased), centre ``size``² crop, per image,
+    stacked: ``v2.Resize(round(size * resize_ratio))`` + ``v2.CenterCrop(size)``, the CPU path's evaluation."""
+    if not images:
+        raise ValueError("eval_crops needs at least one image")
+    resize = [round(size * resize_ratio)]
+    return torch.stack(
+        [
+            v2.functional.center_crop(v2.functional.resize(image, resize, antialias=True), [size, size])
+            for image in images
+        ]
+    )
