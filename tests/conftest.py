@@ -125,3 +125,49 @@ def start_cli(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+class HostReads:
+    """Records every read of a tensor value on the host while `armed`: on a GPU each one waits for all queued
+    work (a device sync). Conversions (item, tolist, bool, int, float, index), nonzero, copies to the CPU and
+    boolean-mask indexing are caught; syncs inside torch's C++ code are not."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu", "numpy")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        self.armed = False
+        for name in self.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+        for name in ("__getitem__", "__setitem__"):
+            monkeypatch.setattr(torch.Tensor, name, self._masked_indexing(name, getattr(torch.Tensor, name)))
+        original_nonzero = torch.nonzero
+        monkeypatch.setattr(
+            torch, "nonzero", lambda *a, **k: self._record("torch.nonzero") or original_nonzero(*a, **k)
+        )
+
+    def _record(self, name: str) -> None:
+        if self.armed:
+            self.calls.append(name)
+
+    def _counting(self, name: str, original: Callable) -> Callable:
+        def read(tensor, *args, **kwargs):
+            self._record(name)
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    def _masked_indexing(self, name: str, original: Callable) -> Callable:
+        def index(tensor, key, *args):
+            keys = key if isinstance(key, tuple) else (key,)
+            if any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in keys):
+                self._record(f"{name} with a boolean mask")
+            return original(tensor, key, *args)
+
+        return index
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> HostReads:
+    """`HostReads` for the test, disarmed until the test sets ``.armed = True``; undone afterwards."""
+    return HostReads(monkeypatch)

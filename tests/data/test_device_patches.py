@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import TINY_PHOTOS
 from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
+from transferlab.runner import build
 from transferlab.train import run
 
 
@@ -76,4 +78,37 @@ def test_style_transfer_trains_on_device_patches(make_cfg) -> None:
         "+trainer.limit_train_batches=2",
         tiny=False,
     )
+    assert run(cfg) is not None
+
+
+@pytest.mark.parametrize(
+    ("model", "degrade", "extra"),
+    [
+        ("denoise", "gaussian_noise", ["model.net.depth=4"]),
+        ("restore_unet", "inpaint_brush", ["model.net.width=8"]),
+        ("super_resolution", "downscale", ["model.net.channels=8", "model.net.blocks=1"]),
+    ],
+)
+def test_restoration_trains_on_device_patches_and_degradations(make_cfg, model, degrade, extra) -> None:
+    """The device path end to end: patches cut and degraded on the device feed each restoration model."""
+    cfg = make_cfg(
+        *TINY_PHOTOS,
+        "data.on_gpu=true",
+        "trainer.max_epochs=1",
+        f"model={model}",
+        f"data/degrade={degrade}",
+        "logger=none",
+        "+trainer.limit_train_batches=2",
+        *extra,
+        tiny=False,
+    )
+    datamodule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    datamodule.trainer = None
+    batch = next(iter(datamodule._loader("train", shuffle=True)))
+    scale = datamodule.degrade.scale
+    assert batch["degraded"].shape[-1] * scale == batch["clean"].shape[-1] == 32
+    assert batch["degraded"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
+    if degrade == "inpaint_brush":
+        assert batch["mask"].float().mean() > 0.02  # holes were drawn
     assert run(cfg) is not None

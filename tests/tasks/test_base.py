@@ -2,66 +2,34 @@
 
 from __future__ import annotations
 
-import collections
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import HostReads
 from transferlab.runner import build, build_trainer, instantiate_named
 from transferlab.tasks.base import fused_if_supported
-
-# Tensor methods that copy a value to the host: on a GPU each one waits for every queued kernel.
-HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
-
-
-@contextmanager
-def count_host_reads() -> Iterator[tuple[collections.Counter, list[bool]]]:
-    """Count host reads of tensor values while the returned flag is armed."""
-    counts: collections.Counter = collections.Counter()
-    armed = [False]
-    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-
-    def counting(name: str):
-        original = saved[name]
-
-        @functools.wraps(original)
-        def read(self, *args, **kwargs):
-            if armed[0]:
-                counts[name] += 1
-            return original(self, *args, **kwargs)
-
-        return read
-
-    try:
-        for name in HOST_READS:
-            setattr(torch.Tensor, name, counting(name))
-        yield counts, armed
-    finally:
-        for name, original in saved.items():
-            setattr(torch.Tensor, name, original)
 
 
 class ArmDuring(pl.Callback):
     """Count host reads per training step for steps [start, stop): from one batch start to the next, so the
     reads of everything that runs after a step (other callbacks, loggers, the progress bar) are included."""
 
-    def __init__(self, armed: list[bool], counts: collections.Counter, start: int, stop: int) -> None:
-        self.armed, self.counts, self.start, self.stop = armed, counts, start, stop
+    def __init__(self, reads: HostReads, start: int, stop: int) -> None:
+        self.reads, self.start, self.stop = reads, start, stop
         self.reads_by_step: dict[int, int] = {}
         self.before, self.step = 0, -1
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
-        if self.armed[0]:
-            self.reads_by_step[self.step] = sum(self.counts.values()) - self.before
-        self.before, self.step = sum(self.counts.values()), trainer.global_step
-        self.armed[0] = self.start <= trainer.global_step < self.stop
+        if self.reads.armed:
+            self.reads_by_step[self.step] = len(self.reads.calls) - self.before
+        self.before, self.step = len(self.reads.calls), trainer.global_step
+        self.reads.armed = self.start <= trainer.global_step < self.stop
 
 
-def fit_counting(make_cfg, *overrides: str) -> ArmDuring:
+def fit_counting(make_cfg, host_reads: HostReads, *overrides: str) -> ArmDuring:
     """Fit the default classification config (shrunk) through the real trainer builder, counting host reads."""
     cfg = make_cfg(
         "data.on_gpu=true",  # the device-resident path, as on a GPU (the CPU is the device here)
@@ -77,23 +45,22 @@ def fit_counting(make_cfg, *overrides: str) -> ArmDuring:
     )
     datamodule = build(cfg.data, "data")
     task = build(cfg.model, "model", **datamodule.task_args())
-    with count_host_reads() as (counts, armed):
-        arm = ArmDuring(armed, counts, start=5, stop=24)
-        callbacks = [*instantiate_named(cfg.callbacks, "callbacks"), arm]
-        trainer = build_trainer(cfg, callbacks, instantiate_named(cfg.logger, "logger"))
-        trainer.fit(task, datamodule=datamodule)
+    arm = ArmDuring(host_reads, start=5, stop=24)
+    callbacks = [*instantiate_named(cfg.callbacks, "callbacks"), arm]
+    trainer = build_trainer(cfg, callbacks, instantiate_named(cfg.logger, "logger"))
+    trainer.fit(task, datamodule=datamodule)
     return arm
 
 
-def test_training_steps_never_read_device_values(make_cfg) -> None:
+def test_training_steps_never_read_device_values(make_cfg, host_reads) -> None:
     """No step between logging steps copies anything to the host (no device sync in the hot path)."""
-    arm = fit_counting(make_cfg, "trainer.log_every_n_steps=100")
+    arm = fit_counting(make_cfg, host_reads, "trainer.log_every_n_steps=100")
     assert len(arm.reads_by_step) == 19
     assert sum(arm.reads_by_step.values()) == 0, arm.reads_by_step
 
 
-def test_only_logging_steps_read_values_and_only_a_few(make_cfg) -> None:
-    arm = fit_counting(make_cfg, "trainer.log_every_n_steps=5")
+def test_only_logging_steps_read_values_and_only_a_few(make_cfg, host_reads) -> None:
+    arm = fit_counting(make_cfg, host_reads, "trainer.log_every_n_steps=5")
     reading = {step for step, reads in arm.reads_by_step.items() if reads}
     assert reading and all((step + 1) % 5 == 0 for step in reading), arm.reads_by_step
     assert max(arm.reads_by_step.values()) <= 3, arm.reads_by_step
