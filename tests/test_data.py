@@ -274,18 +274,12 @@ def test_imagefolder_cache_holds_the_folder_pre_resized(tmp_path: Path) -> None:
     assert train["targets"].tolist() == sorted(train["targets"].tolist())  # class folders in order
 
 
-def test_imagefolder_trains_from_the_cache_on_the_device_path(tmp_path: Path, make_cfg) -> None:
-    from transferlab.data.imagefolder import write_cache
-    from transferlab.train import run
-
-    write_imagefolder(tmp_path / "folder")
-    write_cache(tmp_path / "folder", size=28)
-    cfg = make_cfg(
+def tiny_folder_run(root: Path) -> list[str]:
+    """Overrides of a one-epoch CPU run on the image folder at `root`, 24 px."""
+    return [
         "data=imagefolder",
-        f"data.root={tmp_path / 'folder'}",
-        "data.cache=28",
+        f"data.root={root}",
         "data.image_size=24",
-        "data.on_gpu=true",  # the GPU-resident path (here on the CPU device) with RandomResizedCrop on the device
         "data.batch_size=4",
         "data.num_workers=0",
         "model.backbone.name=mobilenet_v3_small",
@@ -293,8 +287,17 @@ def test_imagefolder_trains_from_the_cache_on_the_device_path(tmp_path: Path, ma
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
         "logger=none",
-        tiny=False,
-    )
+    ]
+
+
+def test_imagefolder_trains_from_the_cache_on_the_device_path(tmp_path: Path, make_cfg) -> None:
+    from transferlab.data.imagefolder import write_cache
+    from transferlab.train import run
+
+    write_imagefolder(tmp_path / "folder")
+    write_cache(tmp_path / "folder", size=28)
+    # the GPU-resident path (here on the CPU device) with RandomResizedCrop on the device
+    cfg = make_cfg(*tiny_folder_run(tmp_path / "folder"), "data.cache=28", "data.on_gpu=true", tiny=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     assert datamodule._sources["test"][0].images.shape[-1] == 24  # evaluation images fitted once
@@ -324,18 +327,7 @@ def test_imagefolder_decodes_jpeg_batches_on_the_device(tmp_path: Path, make_cfg
     from transferlab.train import run
 
     write_imagefolder(tmp_path / "folder")
-    overrides = [
-        "data=imagefolder",
-        f"data.root={tmp_path / 'folder'}",
-        "data.image_size=24",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "model.backbone.name=mobilenet_v3_small",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "logger=none",
-    ]
+    overrides = tiny_folder_run(tmp_path / "folder")
     cfg = make_cfg(*overrides, "data.decode=device", tiny=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
