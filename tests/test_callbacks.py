@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import time
+
+import pytest
 import torch
 
+from conftest import run_cli, start_cli
 from transferlab.callbacks import ModelCheckpoint, ProgressBar
 from transferlab.runner import build, build_trainer
 from transferlab.train import run
@@ -60,3 +66,31 @@ def test_progress_bar_shows_step_loss_and_monitored_metric(make_cfg) -> None:
     shown = bars[0].get_metrics(trainer, task)
     assert {"train/loss_step", "train/loss", "val/acc"} <= set(shown)
     assert all(isinstance(shown[k], float) for k in ("train/loss_step", "val/acc"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_state_and_says_how_to_resume(tmp_path) -> None:
+    """A SIGTERM mid-run (a scheduler's time limit) stops at the end of the step with last.ckpt written and a
+    one-line resume hint, exit 143, no metrics.json; the hinted command then finishes the run."""
+    run_dir = tmp_path / "run"
+    args = ["debug=tiny", "trainer.max_epochs=40", "callbacks.early_stopping=null", f"hydra.run.dir={run_dir}"]
+    process = start_cli("tl-train", *args, cwd=tmp_path, log=tmp_path / "first.log")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # into a later epoch, mid-way through its steps most likely
+    assert process.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, (tmp_path / "first.log").read_text()[-3000:]
+    output = (tmp_path / "first.log").read_text()
+    hint = [line for line in output.splitlines() if line.startswith("Interrupted (SIGTERM)")]
+    assert len(hint) == 1 and f"ckpt_path={last}" in hint[0] and "Traceback" not in output, output[-3000:]
+    assert not (run_dir / "metrics.json").exists()
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    step = int(hint[0].split("step ")[1].split(";")[0])
+    assert state["global_step"] == step > 0  # the state at the interruption, not the first epoch's
+    resumed = run_cli("tl-train", *args, f"ckpt_path={last}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["epochs"] == 40 and summary["resumed_from"] == str(last)

@@ -48,3 +48,28 @@ def test_ddp_sim_inside_multirun_one_directory_per_job(tmp_path: Path) -> None:
         assert (job / "train_rank1.log").is_file(), "rank 1 re-ran exactly this job, in this directory"
         summary = json.loads((job / "metrics.json").read_text())
         assert f"seed={seed}" in summary["overrides"] and "test/acc" in summary["metrics"]
+
+
+@pytest.mark.slow
+def test_ddp_sim_on_the_device_paths(tmp_path: Path) -> None:
+    """Both device-resident paths under 2-process DDP (on CPU devices): classification batches sharded from the
+    in-memory set with device augmentation, and restoration patches cut + degraded per rank."""
+    photos = ["data=photos", "data.patch_size=32", "data.batch_size=4", "data.train_patches=16", "data.val_patches=4"]
+    runs = {
+        "classify": ["debug=tiny", "data.on_gpu=true", "data/augment=randaugment"],
+        "denoise": [
+            *photos,
+            "data.on_gpu=true",
+            "model=denoise",
+            "data/degrade=gaussian_noise",
+            "model.net.depth=4",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+    }
+    for name, overrides in runs.items():
+        result = run_cli("tl-train", *overrides, "trainer=ddp_sim", f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+        assert ("test/acc" if name == "classify" else "test/psnr") in metrics, metrics

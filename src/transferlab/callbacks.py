@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMoni
 from pytorch_lightning.callbacks import ModelCheckpoint as _ModelCheckpoint
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import __version__
 
@@ -132,6 +134,34 @@ class ModelCheckpoint(_ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not trainer.fast_dev_run and trainer.global_step != self._last_written_step:
             self._write_last(trainer, self._monitor_candidates(trainer))  # the final state is always resumable
+
+    # -- interruptions -----------------------------------------------------------------------------
+    # SIGTERM (a scheduler's time limit, `kill`) and Ctrl-C stop at the end of the current step with the state
+    # in last.ckpt; Lightning alone would finish the epoch first (past a scheduler's grace period) and never
+    # write last.ckpt for it.
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        if trainer.received_sigterm:
+            self._save_interrupted(trainer, "SIGTERM")
+            raise SIGTERMException
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self._save_interrupted(trainer, "Ctrl-C")
+
+    def _save_interrupted(self, trainer: pl.Trainer, cause: str) -> None:
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or self.dirpath is None:
+            return
+        if trainer.global_step != self._last_written_step:
+            self._write_last(trainer, self._monitor_candidates(trainer))
+        if trainer.is_global_zero:
+            print(
+                f"Interrupted ({cause}) at epoch {trainer.current_epoch}, step {trainer.global_step}; training state "
+                f"saved to {self.last_model_path}. Resume: the same command with ckpt_path={self.last_model_path} "
+                "(a re-launched sweep resumes its unfinished jobs by itself)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class EpochTimer(pl.Callback):

@@ -5,6 +5,7 @@ Everything comes from the composed Hydra config (``conf/train.yaml``); see ``tl-
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import __version__
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
@@ -75,7 +77,10 @@ def run(cfg: DictConfig) -> float | None:
 
     metrics: dict[str, float] = {}
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:  # state saved and the resume command printed by the checkpoint callback
+            raise SystemExit(128 + signal.SIGTERM) from None
         metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
