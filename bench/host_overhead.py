@@ -32,6 +32,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from transferlab.runner import build, build_trainer, instantiate_named
+from transferlab.tasks.base import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.utils.config import config_dir
 
 
@@ -119,8 +120,8 @@ def raw_ms(cfg: DictConfig, warmup: int, steps: int) -> float:
     images, targets = source.images[indices], source.targets[indices]
     model = nn.Sequential(TinyNet(), nn.Linear(TinyNet.num_features, datamodule.num_classes))
     optimizer = build(cfg.model.optimizer, "model.optimizer")(model.parameters())
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     batch_size = cfg.data.batch_size
     order = torch.randperm(len(targets))
     model.train()

@@ -48,6 +48,7 @@ from torch import nn
 
 from transferlab.backbones import build_backbone
 from transferlab.runner import build, build_trainer, instantiate_named
+from transferlab.tasks.base import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.utils.config import config_dir
 
 GPU = torch.cuda.is_available()
@@ -203,8 +204,8 @@ def raw_rate(
     fused = {"fused": True} if GPU else {}
     optimizer = build(cfg.model.optimizer, "model.optimizer")(model.parameters(), **fused)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in setup.precision else nullcontext()
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
     batch_size = case.batch_size
     order = torch.randperm(len(targets), device=device)
     model.train()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from transferlab.tasks.classification import ClassificationTask
 from transferlab.tasks.style_transfer import StyleTransferTask, square
 from transferlab.trust import open_checkpoint
 from transferlab.utils.errors import UserError
+from transferlab.utils.io import atomic_file
 
 ImageFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -109,16 +108,9 @@ def check_readable(files: list[Path]) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the whole file or none (tmp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers see the whole file or none."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from pytorch_lightning.strategies.launchers import subprocess_script
 from transferlab.callbacks import ProgressBar
 from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError, describe, find_user_error, report_user_errors
+from transferlab.utils.io import atomic_file
 
 METRICS_FILE = "metrics.json"
 _entry_module = "transferlab.train"
@@ -175,17 +175,9 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so readers see either nothing or the whole file (tmp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON so readers see either nothing or the whole file."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def task_overrides() -> list[str]:

@@ -153,7 +153,7 @@ def check_untrusted(tree: Any, source: str, trusted: Iterable[str] = (), key: st
     ``oc.decode`` could turn a harmless-looking string into a new ``_target_`` after this check.
     """
     allowed = ALLOWED_TARGETS | frozenset(trusted)
-    for where, value in _walk(to_plain_tree(tree, source), key):
+    for where, value in _walk(to_plain_tree(tree), key):
         if isinstance(value, str) and "${" in value:
             raise UserError(
                 f"{source}: {where} holds an interpolation ({value[:60]!r}); configs read from files must be "
@@ -170,7 +170,7 @@ def check_untrusted(tree: Any, source: str, trusted: Iterable[str] = (), key: st
             )
 
 
-def to_plain_tree(tree: Any, source: str) -> Any:
+def to_plain_tree(tree: Any) -> Any:
     """Plain dicts/lists without resolving anything (OmegaConf containers are converted unresolved)."""
     if isinstance(tree, DictConfig | ListConfig):
         return OmegaConf.to_container(tree, resolve=False)

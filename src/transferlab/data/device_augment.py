@@ -817,11 +817,12 @@ _BUILDERS: dict[type, Callable[[Any], DeviceStep | None]] = {
 }
 
 
-def _flatten(transform: nn.Module | None) -> list[nn.Module]:
+def flatten_transforms(transform: nn.Module | None) -> list[nn.Module]:
+    """The transforms of a (possibly nested) ``v2.Compose`` in order, without identities."""
     if transform is None or isinstance(transform, (nn.Identity, v2.Identity)):
         return []
     if isinstance(transform, v2.Compose):
-        return [step for inner in transform.transforms for step in _flatten(inner)]
+        return [step for inner in transform.transforms for step in flatten_transforms(inner)]
     return [transform]
 
 
@@ -832,7 +833,7 @@ def device_augment_from(transform: nn.Module | None, image_size: int | None = No
     than silently training with a different augmentation. `image_size`, when given, checks that crops fit.
     """
     steps = []
-    for transform_ in _flatten(transform):
+    for transform_ in flatten_transforms(transform):
         builder = _BUILDERS.get(type(transform_))
         if builder is None:
             raise _unsupported(type(transform_).__name__)

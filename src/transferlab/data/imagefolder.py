@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,10 @@ from transferlab.data.base import (
     center_crop_uint8,
     resize_uint8,
 )
+from transferlab.data.device_augment import flatten_transforms
 from transferlab.data.jpeg_batches import EncodedImages, TrainCrops, collate_encoded, decode_batch, eval_crops
 from transferlab.utils.errors import UserError
+from transferlab.utils.io import atomic_file
 
 DECODE_MODES = (None, "cpu", "device")
 CACHE_FORMAT = "transferlab-imagefolder-cache"
@@ -97,14 +98,8 @@ def write_cache(root: Path, size: int, workers: int = 0) -> Path:
         }
     payload = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "size": size, "classes": classes, "splits": splits}
     target = cache_path(root, size)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(target) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -239,8 +234,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         return TensorImageDataset(images, stored["targets"], self._cache["classes"])
 
     def _augment_sets_size(self) -> bool:
-        steps = getattr(self.augment, "transforms", [self.augment])
-        return any(isinstance(step, v2.RandomResizedCrop) for step in steps)
+        return any(isinstance(step, v2.RandomResizedCrop) for step in flatten_transforms(self.augment))
 
     def fit_eval_images(self, images: torch.Tensor) -> torch.Tensor:
         """Square images resized to ``image_size * resize_ratio`` and centre-cropped, as `eval_transform` does."""

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
 from torchvision.transforms import InterpolationMode, v2
 
+from transferlab.data.device_augment import flatten_transforms
 from transferlab.utils.errors import UserError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -206,13 +207,6 @@ def train_crops(
     return torch.where(flip, batch.flip(-1), batch)
 
 
-def _steps(transform: Any) -> list[Any]:
-    """The transforms of a (possibly nested) ``v2.Compose``, in order."""
-    if isinstance(transform, v2.Compose):
-        return [step for inner in transform.transforms for step in _steps(inner)]
-    return [transform]
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainCrops:
     """The ``RandomResizedCrop`` (+ ``RandomHorizontalFlip``) augmentation, applied by `train_crops`."""
@@ -232,9 +226,7 @@ class TrainCrops:
         None, so that the caller keeps the CPU path, for anything else: other transforms, subclasses, no
         crop, or a crop to another size (the CPU path would resize it again to `image_size`).
         """
-        if transform is None:
-            return None
-        steps = _steps(transform)
+        steps = flatten_transforms(transform)
         crops = [step for step in steps if type(step) is v2.RandomResizedCrop]
         flips = [step for step in steps if type(step) is v2.RandomHorizontalFlip]
         if len(crops) != 1 or len(flips) > 1 or len(crops) + len(flips) != len(steps):

@@ -22,6 +22,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from transferlab.data.base import BatchedDataModule, split_train_val
 from transferlab.data.degradations import Degrade
+from transferlab.data.device_degrade import DeviceDegrade
+from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
 from transferlab.utils.errors import UserError
 
 EMBEDDED_PHOTOS = (
@@ -198,9 +200,6 @@ class PhotoDataModule(BatchedDataModule):
     def _loader(self, split: str, shuffle: bool) -> Any:
         if not self.device_resident():
             return super()._loader(split, shuffle)
-        from transferlab.data.device_degrade import DeviceDegrade
-        from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
-
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         batch_size = self.per_device_batch_size()
