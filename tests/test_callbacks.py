@@ -7,7 +7,9 @@ import signal
 import time
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from conftest import run_cli, start_cli
 from transferlab.callbacks import ModelCheckpoint, ProgressBar
@@ -66,6 +68,33 @@ def test_progress_bar_shows_step_loss_and_monitored_metric(make_cfg) -> None:
     shown = bars[0].get_metrics(trainer, task)
     assert {"train/loss_step", "train/loss", "val/acc"} <= set(shown)
     assert all(isinstance(shown[k], float) for k in ("train/loss_step", "val/acc"))
+
+
+class SigtermAt(pl.Callback):
+    """Deliver a SIGTERM (as Lightning's signal handler records it) at one hook of the second epoch."""
+
+    def __init__(self, hook: str) -> None:
+        setattr(self, hook, self._fire)
+
+    def _fire(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.current_epoch == 1 and not trainer.sanity_checking:
+            trainer._signal_connector.received_sigterm = True
+
+
+@pytest.mark.parametrize("hook", ["on_train_batch_start", "on_validation_batch_start", "on_train_epoch_end"])
+def test_sigterm_anywhere_in_an_epoch_saves_the_state_and_prints_the_hint(make_cfg, hook, capsys) -> None:
+    """Lightning stops on SIGTERM after a step, mid-validation and at an epoch's end: each one saves."""
+    cfg = make_cfg("logger=none", "trainer.max_epochs=4", "callbacks.early_stopping=null")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    checkpoint = build(cfg.callbacks.model_checkpoint, "callbacks", last_every_minutes=10)
+    trainer = build_trainer(cfg, [checkpoint, SigtermAt(hook)], [])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(task, datamodule=datamodule)
+    hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Interrupted (SIGTERM)")]
+    assert len(hint) == 1 and f"ckpt_path={checkpoint.last_model_path}" in hint[0]
+    state = torch.load(checkpoint.last_model_path, map_location="cpu", weights_only=True)
+    assert state["global_step"] == trainer.global_step > 6  # the interrupted epoch's state, not the first's
 
 
 @pytest.mark.slow

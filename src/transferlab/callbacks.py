@@ -142,11 +142,14 @@ class ModelCheckpoint(_ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
         if trainer.received_sigterm:
-            self._save_interrupted(trainer, "SIGTERM")
-            raise SIGTERMException
+            raise SIGTERMException  # saved by on_exception, like Lightning's own stops
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
+        # Lightning stops on SIGTERM in several places (after a step, mid-validation, at the epoch's end): all
+        # of them arrive here, so the state is saved and the hint printed whichever one it was.
+        if isinstance(exception, SIGTERMException):
+            self._save_interrupted(trainer, "SIGTERM")
+        elif isinstance(exception, KeyboardInterrupt):
             self._save_interrupted(trainer, "Ctrl-C")
 
     def _save_interrupted(self, trainer: pl.Trainer, cause: str) -> None:
