@@ -82,6 +82,7 @@ def compose_cfg(out: Path, batch_size: int, steps: int, overrides: list[str]) ->
                 "trainer.num_sanity_val_steps=0",
                 "+trainer.limit_val_batches=0",
                 "model.backbone.name=mobilenet_v3_small",  # replaced by TinyNet below
+                "model.backbone.weights=null",
                 "model.scheduler=null",
                 "callbacks.early_stopping=null",  # acts only after validation, which this window never reaches
                 *overrides,

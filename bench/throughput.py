@@ -118,6 +118,7 @@ def compose_cfg(setup: Setup, case: Case, run_dir: Path, data: list[str] | None 
                 *case.overrides,
                 f"data.batch_size={case.batch_size}",
                 f"model.backbone.name={case.overrides_backbone}",
+                "model.backbone.weights=null",  # throughput does not depend on the weights' values
                 "model.scheduler=null",
                 *common_overrides(setup, steps, epochs=1000),  # a folder is a few batches: epochs wrap
             ],
@@ -134,6 +135,7 @@ def compose_cfg(setup: Setup, case: Case, run_dir: Path, data: list[str] | None 
         )
     overrides = [
         f"model.backbone.name={setup.backbone}",
+        "model.backbone.weights=null",
         *(shapes if data is None else data),
         f"data.batch_size={case.batch_size}",
         f"data/augment={case.augment}",
@@ -343,6 +345,7 @@ def cli_epoch_seconds(setup: Setup, data_root: Path, batch_size: int, epochs: in
         f"data.root={data_root}",
         f"data.batch_size={batch_size}",
         f"model.backbone.name={setup.backbone}",
+        "model.backbone.weights=null",
         f"trainer.max_epochs={epochs}",
         f"trainer.precision={setup.precision}",
         f"trainer.accelerator={'gpu' if GPU else 'cpu'}",

@@ -31,6 +31,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "model.backbone.name=mobilenet_v3_small",
+    "model.backbone.weights=null",
 ]
 
 # The embedded photos as a handful of 32 px patches, for image-to-image tasks (style transfer, predict).

@@ -23,7 +23,8 @@ def test_config_dir_is_the_repo_conf() -> None:
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_configs_instantiate(make_cfg, name: str, tmp_path: Path) -> None:
-    extra = [f"data.root={tmp_path}"] if name == "imagefolder" else []
+    # A number, not the folder-derived size: the folder is empty, and instantiating reads no image.
+    extra = [f"data.root={tmp_path}", "data.image_size=64"] if name == "imagefolder" else []
     cfg = make_cfg(f"data={name}", *extra, tiny=False)
     datamodule = instantiate(cfg.data)
     assert datamodule.batch_size == cfg.data.batch_size
@@ -33,7 +34,7 @@ def test_data_configs_instantiate(make_cfg, name: str, tmp_path: Path) -> None:
 def test_augment_presets_keep_uint8_images_batchable(make_cfg, preset: str) -> None:
     import torch
 
-    cfg = make_cfg(f"data/augment={preset}", tiny=False)
+    cfg = make_cfg(f"data/augment={preset}", "data.image_size=32", tiny=False)
     augment = instantiate(cfg.data.augment)
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     out = augment(image)

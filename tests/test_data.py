@@ -17,7 +17,7 @@ from transferlab.data.base import few_shot, split_train_val
 from transferlab.data.cifar import CIFARDataModule
 from transferlab.data.imagefolder import ImageFolderDataModule
 from transferlab.data.shapes import CLASSES, ShapesDataModule, export_imagefolder, generate
-from transferlab.utils.errors import UserError
+from transferlab.utils.errors import UserError, find_user_error
 
 
 def write_cifar(root: Path, variant: int = 10, per_batch: int = 20) -> np.ndarray:
@@ -283,6 +283,7 @@ def tiny_folder_run(root: Path) -> list[str]:
         "data.batch_size=4",
         "data.num_workers=0",
         "model.backbone.name=mobilenet_v3_small",
+        "model.backbone.weights=null",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
@@ -341,3 +342,36 @@ def test_imagefolder_decodes_jpeg_batches_on_the_device(tmp_path: Path, make_cfg
         bad = instantiate(make_cfg(*overrides, "data.decode=device", "data/augment=cifar", tiny=False, out="b").data)
         bad.setup("fit")
         bad.train_dataloader()
+
+
+def write_sized_folder(root: Path, sides: list[int]) -> Path:
+    """Two classes of grey PNGs whose short sides are `sides` (long side 1.5×)."""
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i, side in enumerate(sides):
+                Image.new("L", (side * 3 // 2, side), color=i * 10).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("sides", "expected"),
+    [([8, 8, 8], 64), ([25, 26, 25], 64), ([90, 100, 110], 96), ([150, 170, 900], 160), ([500, 375, 480], 224)],
+)
+def test_auto_image_size_follows_the_images(tmp_path: Path, sides: list[int], expected: int) -> None:
+    """Median short side, to a multiple of 32, tiny images upscaled to 64 and photos brought down to 224."""
+    from transferlab.data.imagefolder import auto_image_size
+
+    assert auto_image_size(str(write_sized_folder(tmp_path, sides))) == expected
+
+
+def test_imagefolder_config_resolves_its_size_from_the_folder(tmp_path: Path, make_cfg) -> None:
+    root = write_sized_folder(tmp_path / "folder", [100, 100, 100])
+    cfg = make_cfg("data=imagefolder", f"data.root={root}", tiny=False)
+    assert cfg.data.image_size == 96
+    assert cfg.data.augment.transforms[0].size == 96  # the augmentation crops to the same size
+    assert [t._target_.rsplit(".", 1)[1] for t in cfg.data.augment.transforms] == ["RandomResizedCrop"]  # no flip
+    with pytest.raises(Exception) as err:  # a missing root is the one-line data error, also when resolving
+        _ = make_cfg("data=imagefolder", f"data.root={tmp_path / 'nope'}", tiny=False).data.image_size
+    assert find_user_error(err.value) is not None and "does not exist" in str(find_user_error(err.value))

@@ -64,7 +64,7 @@ def test_optuna_direction_follows_monitor_mode(make_cfg: Callable[..., DictConfi
     assert set(cfg.hydra.sweeper.params) == {
         "model.optimizer.lr",
         "model.optimizer.weight_decay",
-        "model.backbone.name",
+        "model.finetune.backbone_lr_mult",
     }
 
 

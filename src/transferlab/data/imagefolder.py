@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 from concurrent.futures import ProcessPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,33 @@ def _image_folder(folder: Path) -> ImageFolder:
             f"no images in {folder} ({err}). Expected {folder}/<class>/<image> with extensions "
             f"{', '.join(IMG_EXTENSIONS)}"
         ) from err
+
+
+# -- the resolution a folder's images call for ------------------------------------------------------
+AUTO_SIZE_BOUNDS = (64, 224)  # ImageNet CNN features need ≥ 64 px (experiments/own_data); 224 is what they saw
+AUTO_SIZE_SAMPLE = 256
+
+
+@cache
+def auto_image_size(root: str) -> int:
+    """The training resolution for the images under ``root/train``: their median short side, rounded to a
+    multiple of 32 and kept within `AUTO_SIZE_BOUNDS` (tiny images are upscaled, photos brought down to 224).
+
+    Only the headers of up to `AUTO_SIZE_SAMPLE` files (evenly spread, in sorted order) are read.
+    """
+    dataset = _image_folder(Path(root).expanduser() / SPLIT_FOLDERS["train"])
+    paths = [path for path, _ in dataset.samples]
+    step = max(1, len(paths) // AUTO_SIZE_SAMPLE)
+    sides = []
+    for path in paths[::step]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"cannot read image {path} ({err}). Remove or replace the file") from err
+    median = sorted(sides)[len(sides) // 2]
+    low, high = AUTO_SIZE_BOUNDS
+    return int(min(max(32 * round(median / 32), low), high))
 
 
 class ImageFolderDataModule(ClassificationDataModule):

@@ -82,53 +82,74 @@ SHAPES: dict[str, Mask] = {
 CLASSES: list[str] = list(SHAPES)
 
 
-def _texture(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+def _texture(params: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Low-frequency backgrounds: a random mix of stripes and smooth gradients, in [0, 1], (n, size, size)."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    theta = rng.uniform(0, np.pi, (n, 1, 1))
-    freq = rng.uniform(1.0, 6.0, (n, 1, 1))
-    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    theta, freq, phase = params["theta"], params["freq"], params["phase"]
     stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)
-    gradient = x * rng.uniform(-1, 1, (n, 1, 1)) + y * rng.uniform(-1, 1, (n, 1, 1))
-    mix = rng.uniform(0, 1, (n, 1, 1))
+    gradient = x * params["gx"] + y * params["gy"]
+    mix = params["mix"]
     tex = mix * stripes + (1 - mix) * (gradient - gradient.min(axis=(1, 2), keepdims=True))
-    return np.clip(tex, 0, 1).astype(np.float32)
+    return np.clip(tex, 0, 1)
 
 
-def generate(num_images: int, image_size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render `num_images` balanced images: uint8 (N, 3, H, W) and int64 labels, fully determined by `seed`."""
+def _draw(rng: np.random.Generator, shape: tuple[int, ...], low: float, high: float) -> np.ndarray:
+    return rng.uniform(low, high, shape).astype(np.float32)
+
+
+def generate(
+    num_images: int, image_size: int = 32, seed: int = 0, chunk: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render `num_images` balanced images: uint8 (N, 3, H, W) and int64 labels, fully determined by `seed`.
+
+    Every random draw happens up front (so the images do not depend on `chunk`); the pixels are then rendered
+    `chunk` images at a time in float32, which keeps the working set in cache (64 px: 25 s → ~2 s for 4000).
+    """
     if num_images < 1 or image_size < 8:
         raise ValueError("need num_images >= 1 and image_size >= 8")
     rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(num_images) % len(CLASSES))
-    hi = 2 * image_size  # render at 2x, then box-filter down
-    grid = (np.mgrid[0:hi, 0:hi].astype(np.float32) + 0.5) / hi * 2 - 1  # (2, hi, hi) in [-1, 1]
-    gy, gx = grid[0][None], grid[1][None]
-
-    scale = rng.uniform(0.35, 0.75, (num_images, 1, 1))
-    cx = rng.uniform(-1, 1, (num_images, 1, 1)) * (0.95 - scale)
-    cy = rng.uniform(-1, 1, (num_images, 1, 1)) * (0.95 - scale)
-    rot = rng.uniform(0, 2 * np.pi, (num_images, 1, 1))
-    dx, dy = (gx - cx) / scale, (gy - cy) / scale
-    u = dx * np.cos(rot) + dy * np.sin(rot)
-    v = -dx * np.sin(rot) + dy * np.cos(rot)
-
-    mask = np.zeros((num_images, hi, hi), dtype=np.float32)
-    for index, shape in enumerate(SHAPES.values()):
-        chosen = labels == index
-        mask[chosen] = shape(u[chosen], v[chosen])
-
-    background_rgb = rng.uniform(0, 1, (num_images, 3, 1, 1))
-    foreground_rgb = rng.uniform(0, 1, (num_images, 3, 1, 1))
+    n = num_images
+    labels = rng.permutation(np.arange(n) % len(CLASSES))
+    scale = _draw(rng, (n, 1, 1), 0.35, 0.75)
+    cx = _draw(rng, (n, 1, 1), -1, 1) * (0.95 - scale)
+    cy = _draw(rng, (n, 1, 1), -1, 1) * (0.95 - scale)
+    rot = _draw(rng, (n, 1, 1), 0, 2 * np.pi)
+    background_rgb = _draw(rng, (n, 3, 1, 1), 0, 1)
+    foreground_rgb = _draw(rng, (n, 3, 1, 1), 0, 1)
     # Keep the shape visible: push the foreground away from the background's brightness.
     brightness_gap = foreground_rgb.mean(1, keepdims=True) - background_rgb.mean(1, keepdims=True)
     foreground_rgb = np.clip(foreground_rgb + np.sign(brightness_gap + 1e-6) * 0.35, 0, 1)
-    texture = _texture(rng, num_images, hi)[:, None]
-    background = background_rgb * (0.6 + 0.4 * texture)
-    image = mask[:, None] * foreground_rgb + (1 - mask[:, None]) * background
-    image = image.reshape(num_images, 3, image_size, 2, image_size, 2).mean(axis=(3, 5))
-    image = image + rng.normal(0, 0.04, image.shape)
-    pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    texture = {
+        "theta": _draw(rng, (n, 1, 1), 0, np.pi),
+        "freq": _draw(rng, (n, 1, 1), 1.0, 6.0),
+        "phase": _draw(rng, (n, 1, 1), 0, 2 * np.pi),
+        "gx": _draw(rng, (n, 1, 1), -1, 1),
+        "gy": _draw(rng, (n, 1, 1), -1, 1),
+        "mix": _draw(rng, (n, 1, 1), 0, 1),
+    }
+    noise_seed = int(rng.integers(2**63))
+
+    hi = 2 * image_size  # render at 2x, then box-filter down
+    grid = (np.mgrid[0:hi, 0:hi].astype(np.float32) + 0.5) / hi * 2 - 1  # (2, hi, hi) in [-1, 1]
+    gy, gx = grid[0][None], grid[1][None]
+    pixels = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
+    noise_rng = np.random.default_rng(noise_seed)
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        dx, dy = (gx - cx[part]) / scale[part], (gy - cy[part]) / scale[part]
+        cos, sin = np.cos(rot[part]), np.sin(rot[part])
+        u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+        mask = np.zeros(u.shape, dtype=np.float32)
+        for index, shape in enumerate(SHAPES.values()):
+            chosen = labels[part] == index
+            mask[chosen] = shape(u[chosen], v[chosen])
+        background = (
+            background_rgb[part] * (0.6 + 0.4 * _texture({k: t[part] for k, t in texture.items()}, hi))[:, None]
+        )
+        image = mask[:, None] * foreground_rgb[part] + (1 - mask[:, None]) * background
+        image = (image[..., ::2, ::2] + image[..., 1::2, ::2] + image[..., ::2, 1::2] + image[..., 1::2, 1::2]) / 4
+        image += noise_rng.standard_normal(image.shape, dtype=np.float32) * 0.04
+        pixels[part] = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
     return torch.from_numpy(pixels), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -1,7 +1,7 @@
 """OmegaConf resolvers the configs use (``${tl.…:…}``); registered on import of `transferlab.runner`.
 
-They exist so one value is written once: the Optuna direction derives from ``monitor.mode``, and a sweep
-job's directory name derives from its overrides.
+They exist so one value is written once: the Optuna direction derives from ``monitor.mode``, a sweep
+job's directory name derives from its overrides, and an image folder's resolution from its images.
 """
 
 from __future__ import annotations
@@ -56,12 +56,20 @@ def launch_dir() -> str:
     return os.getcwd()
 
 
+def auto_image_size(root: str) -> int:
+    """``data.image_size`` for an image folder: chosen from its images (`imagefolder.auto_image_size`)."""
+    from transferlab.data.imagefolder import auto_image_size as from_images  # torch: only when resolved
+
+    return from_images(root)
+
+
 def register_resolvers() -> None:
     """Register the ``tl.*`` resolvers once per process (idempotent)."""
     for name, fn in (
         ("tl.direction", direction),
         ("tl.job_dirname", job_dirname),
         ("tl.launch_dir", launch_dir),
+        ("tl.auto_image_size", auto_image_size),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
