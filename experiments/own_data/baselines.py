@@ -27,7 +27,7 @@ def read_split(root: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     for label, name in enumerate(classes):
         for path in sorted((root / split / name).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(np.asarray(Image.open(path).convert("RGB")))
+                images.append(np.array(Image.open(path).convert("RGB")))
                 labels.append(label)
     return images, np.array(labels)
 

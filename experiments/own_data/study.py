@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ TINY = ["trainer.max_epochs=1", "data.batch_size=8", "data.num_workers=0", "trai
 def train(root: Path, run_dir: Path, tiny: bool) -> tuple[dict, float]:
     """``tl-train data=imagefolder data.root=ROOT`` as a user types it; its metrics.json and wall time."""
     command = ["tl-train", "data=imagefolder", f"data.root={root}", "logger=csv", f"hydra.run.dir={run_dir}"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: tl-train would resume an unfinished one
     started = time.perf_counter()
     result = subprocess.run([*command, *(TINY if tiny else [])], capture_output=True, text=True)
     if result.returncode != 0:

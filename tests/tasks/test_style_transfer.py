@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,8 @@ def test_loss_terms_grid_checkpoint_and_frozen_loss_network(make_cfg, tmp_path: 
     assert trained.style_images[1, 1:].max() == 0
     # Two styles are blended: the target Gram is the mean of the two images' Grams.
     features = trained.loss_net(trained.style_images.float() / 255)
-    torch.testing.assert_close(trained.style_grams()["relu1_2"], gram_matrix(features["relu1_2"]).mean(0))
+    first = next(iter(trained.style_layers))
+    torch.testing.assert_close(trained.style_grams()[first], gram_matrix(features[first]).mean(0))
 
 
 def test_adain_stylizes_with_any_style_image(make_cfg) -> None:
@@ -97,3 +100,37 @@ def test_style_mistakes_are_user_errors(make_cfg, override: str, message: str) -
     cfg = style_cfg(make_cfg, "style_transfer", override)
     with pytest.raises(Exception, match=message):
         instantiate(cfg.model)
+
+
+def test_loss_network_options_bring_their_own_layers(make_cfg) -> None:
+    """Layers and style weight belong to the loss network: switching the option switches all of them."""
+    vgg = style_cfg(make_cfg, "style_transfer")
+    assert vgg.model.loss_network.name == "vgg16" and vgg.model.loss_network.weights is None
+    assert set(vgg.model.content_layers) == {"relu2_2"} and vgg.model.style_weight == 1e4
+    lite = style_cfg(make_cfg, "style_transfer", "model/loss_network=efficientnet_lite0")
+    assert lite.model.loss_network.name == "efficientnet_lite0" and lite.model.loss_network.weights == "imagenet"
+    assert set(lite.model.style_layers) == {"bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3"}
+    assert lite.model.style_weight == 5.0
+    instantiate(lite.model)  # its layers exist in that network
+
+
+@pytest.mark.slow
+def test_style_comparison_scores_every_stylizer_under_every_loss_network(make_cfg, tmp_path: Path) -> None:
+    compare = Path(__file__).resolve().parents[2] / "experiments" / "style_transfer" / "compare.py"
+    checkpoints = {}
+    runs = {"lite0": ["model/loss_network=efficientnet_lite0"], "vgg": []}
+    for name, extra in runs.items():
+        overrides = [*CONTENT, "model=style_transfer", *SMALL["style_transfer"], *extra, "test=false"]
+        cfg = make_cfg(*overrides, tiny=False, out=name)
+        run(cfg)
+        checkpoints[name] = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    args = [f"--run={name}={path}" for name, path in checkpoints.items()]
+    result = subprocess.run(
+        [sys.executable, str(compare), *args, "--out", str(tmp_path / "cmp")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in (tmp_path / "cmp" / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["identity (no stylization)", "lite0", "vgg"]
+    assert rows[1].count("0 / ") == 2 and "(1.00× identity)" in rows[1]  # identity: no content loss, base style
+    with Image.open(tmp_path / "cmp" / "grid.png") as grid:
+        assert grid.size == (4 * 128, 3 * 128)  # content, style, two outputs; three photos
