@@ -357,20 +357,20 @@ def write_sized_folder(root: Path, sides: list[int]) -> Path:
 
 @pytest.mark.parametrize(
     ("sides", "expected"),
-    [([8, 8, 8], 64), ([25, 26, 25], 64), ([90, 100, 110], 96), ([150, 170, 900], 160), ([500, 375, 480], 224)],
+    [([8, 8, 8], 96), ([25, 26, 25], 96), ([120, 130, 140], 128), ([150, 170, 900], 160), ([500, 375, 480], 224)],
 )
 def test_auto_image_size_follows_the_images(tmp_path: Path, sides: list[int], expected: int) -> None:
-    """Median short side, to a multiple of 32, tiny images upscaled to 64 and photos brought down to 224."""
+    """Median short side, to a multiple of 32, tiny images upscaled to 96 and photos brought down to 224."""
     from transferlab.data.imagefolder import auto_image_size
 
     assert auto_image_size(str(write_sized_folder(tmp_path, sides))) == expected
 
 
 def test_imagefolder_config_resolves_its_size_from_the_folder(tmp_path: Path, make_cfg) -> None:
-    root = write_sized_folder(tmp_path / "folder", [100, 100, 100])
+    root = write_sized_folder(tmp_path / "folder", [130, 130, 130])
     cfg = make_cfg("data=imagefolder", f"data.root={root}", tiny=False)
-    assert cfg.data.image_size == 96
-    assert cfg.data.augment.transforms[0].size == 96  # the augmentation crops to the same size
+    assert cfg.data.image_size == 128
+    assert cfg.data.augment.transforms[0].size == 128  # the augmentation crops to the same size
     assert [t._target_.rsplit(".", 1)[1] for t in cfg.data.augment.transforms] == ["RandomResizedCrop"]  # no flip
     with pytest.raises(Exception) as err:  # a missing root is the one-line data error, also when resolving
         _ = make_cfg("data=imagefolder", f"data.root={tmp_path / 'nope'}", tiny=False).data.image_size

@@ -25,7 +25,7 @@ def test_own_data_study_regenerates_its_table(tmp_path: Path) -> None:
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines()[2:]]
     assert [row[0].strip() for row in rows] == ["digits", "faces"]
     for name, row in zip(("digits", "faces"), rows):
-        assert row[1].strip() == "64 px"  # 8 px and 25 px images are upscaled to the least useful size
+        assert row[1].strip() == "96 px"  # 8 px and 25 px images are upscaled to the least useful size
         run = json.loads((tmp_path / "work" / "runs" / name / "metrics.json").read_text())
         assert float(row[5].strip("* ")) == pytest.approx(run["metrics"]["test/acc"], abs=5e-5)
         assert all(0.0 <= float(cell) <= 1.0 for cell in row[2:5])

@@ -152,7 +152,7 @@ def _image_folder(folder: Path) -> ImageFolder:
 
 
 # -- the resolution a folder's images call for ------------------------------------------------------
-AUTO_SIZE_BOUNDS = (64, 224)  # ImageNet CNN features need ≥ 64 px (experiments/own_data); 224 is what they saw
+AUTO_SIZE_BOUNDS = (96, 224)  # ImageNet features: linear probe 0.43 / 0.90 / 0.93 at 32 / 64 / 96 px on digits
 AUTO_SIZE_SAMPLE = 256
 
 
