@@ -1,26 +1,34 @@
 """`photos`: clean photographs for restoration and style transfer — embedded (offline) or a user's folder.
 
-The embedded set is the real photographs scikit-image ships (astronaut, coffee, chelsea, rocket, …; grey
-ones repeated to RGB), its textures (brick, grass, gravel) serve as style images. Training samples are
-random patches (crop + flip) of the training photos; validation/test patches are fixed, seeded crops of
-*other* photos (the split is by image, so no photo contributes to both). With a `degrade` pipeline each
-sample is (degraded, clean, mask) for restoration, degraded on the fly; without it, just the clean patch
-(content images for style transfer). Images leave as uint8 tensors (C, H, W).
+The embedded set is the photographs the installed dependencies ship offline: scikit-image's (astronaut,
+coffee, chelsea, rocket, the left view of its stereo motorcycle, …; grey ones repeated to RGB) and
+matplotlib's ``grace_hopper``; scikit-image's textures (brick, grass, gravel) serve as style images.
+
+The photos are split *by image* into train, validation and test (`val_fraction`, `test_fraction` of the
+photos, seeded by `split_seed`), so the test score is measured on photos that neither training nor model
+selection ever saw. Exact duplicates (same decoded pixels under two names) are kept once, so a copied file
+cannot land in two splits; near-duplicates (a re-encoded or resized copy) are not detected. Training samples
+are random patches (crop + flip) of the training photos; validation and test patches are fixed, seeded crops
+of their own photos. With a `degrade` pipeline each sample is (degraded, clean, mask) for restoration,
+degraded on the fly; without it, just the clean patch (content images for style transfer). Images leave as
+uint8 tensors (C, H, W).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from transferlab.data.base import BatchedDataModule, split_train_val
+from transferlab.data.base import BatchedDataModule
 from transferlab.data.degradations import Degrade
 from transferlab.data.device_degrade import DeviceDegrade
 from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
@@ -39,15 +47,23 @@ EMBEDDED_PHOTOS = (
     "coins",
     "moon",
     "clock",
+    "motorcycle",  # scikit-image's stereo_motorcycle, left view only (the right one shows the same scene)
+    "grace_hopper",  # matplotlib's sample photograph
 )
 EMBEDDED_TEXTURES = ("brick", "grass", "gravel")
+SPLITS = ("train", "val", "test")
 
 
 def embedded_image(name: str) -> torch.Tensor:
-    """A scikit-image sample image as uint8 RGB (3, H, W)."""
+    """An embedded sample image as uint8 RGB (3, H, W); all ship with installed packages (no download)."""
+    if name == "grace_hopper":
+        import matplotlib.cbook
+
+        return load_photo(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     import skimage.data
 
-    pixels = torch.from_numpy(getattr(skimage.data, name)().copy())
+    array = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+    pixels = torch.from_numpy(array.copy())
     if pixels.ndim == 2:
         pixels = pixels[..., None].expand(-1, -1, 3)
     return pixels[..., :3].permute(2, 0, 1).contiguous()
@@ -84,9 +100,52 @@ def image_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"photo folder {root} does not exist. Point data.root at a folder of images")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    if len(files) < 2:
-        raise UserError(f"{root} holds {len(files)} image files; need at least 2 (train and validation photos)")
+    if not files:
+        raise UserError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}). Point data.root at photos")
     return files
+
+
+def split_by_image(
+    count: int, val_fraction: float, test_fraction: float, seed: int, source: str
+) -> dict[str, list[int]]:
+    """Seeded, disjoint train/val/test indices of `count` photos (each split non-empty); same seed, same split.
+
+    Validation takes the first ``round(count * val_fraction)`` photos of a seeded permutation, test the next
+    ``round(count * test_fraction)`` (at least one each), training the rest.
+    """
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise UserError(f"data.{key} must be in (0, 1), got {value}")
+    num_val, num_test = max(1, round(count * val_fraction)), max(1, round(count * test_fraction))
+    if count - num_val - num_test < 1:
+        raise UserError(
+            f"{source} has {count} distinct photo(s), too few for non-empty train, validation and test photos "
+            f"at data.val_fraction={val_fraction}, data.test_fraction={test_fraction}. "
+            f"Add photos (at least {num_val + num_test + 1}){' or lower the fractions' if count >= 3 else ''}"
+        )
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    val, test = order[:num_val], order[num_val : num_val + num_test]
+    return {"train": sorted(order[num_val + num_test :]), "val": sorted(val), "test": sorted(test)}
+
+
+def content_key(photo: torch.Tensor) -> str:
+    """A digest of the decoded pixels: two files with the same image get the same key."""
+    return hashlib.sha1(str(tuple(photo.shape)).encode() + photo.contiguous().numpy().tobytes()).hexdigest()
+
+
+def unique_photos(names: list[str], photos: list[torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
+    """Drop exact duplicates (first name kept), so one image can never be in two splits."""
+    kept: dict[str, int] = {}
+    dropped: list[str] = []
+    for index, photo in enumerate(photos):
+        key = content_key(photo)
+        if key in kept:
+            dropped.append(f"{names[index]} (= {names[kept[key]]})")
+        else:
+            kept[key] = index
+    if dropped:
+        rank_zero_warn(f"ignoring {len(dropped)} duplicate photo(s): {', '.join(dropped)}")
+    return [names[i] for i in kept.values()], [photos[i] for i in kept.values()]
 
 
 def at_least(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,7 +189,7 @@ class PatchDataset(Dataset):
 
 
 class PhotoDataModule(BatchedDataModule):
-    """Patches of photographs: the embedded scikit-image photos (``root: null``) or a folder of your own."""
+    """Patches of photographs, split by photo: the embedded photos (``root: null``) or a folder of your own."""
 
     def __init__(
         self,
@@ -139,6 +198,7 @@ class PhotoDataModule(BatchedDataModule):
         train_patches: int = 1024,
         val_patches: int = 32,
         val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
         split_seed: int = 0,
         degrade: Degrade | None = None,
         batch_size: int = 16,
@@ -158,9 +218,10 @@ class PhotoDataModule(BatchedDataModule):
             )
         self.root = Path(root).expanduser() if root else None
         self.patch_size, self.train_patches, self.val_patches = patch_size, train_patches, val_patches
-        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.degrade = degrade
-        self.photo_names: dict[str, list[str]] = {}
+        self.photo_names: dict[str, list[str]] = {}  # per split, in index order
+        self.split_photos: dict[str, list[torch.Tensor]] = {}  # the photos themselves, as decoded
         self._train_photos: list[torch.Tensor] = []
         self._on_device: dict[str, Any] = {}
 
@@ -177,17 +238,17 @@ class PhotoDataModule(BatchedDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return
-        names, photos = self._photos()
-        train_idx, val_idx = split_train_val(len(photos), self.val_fraction, self.split_seed)
-        self.photo_names = {"train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx]}
-        train = [photos[i] for i in train_idx]
-        val = [photos[i] for i in val_idx]
+        names, photos = unique_photos(*self._photos())
+        source = str(self.root) if self.root is not None else "the embedded photo set"
+        indices = split_by_image(len(photos), self.val_fraction, self.test_fraction, self.split_seed, source)
+        self.photo_names = {split: [names[i] for i in indices[split]] for split in SPLITS}
+        self.split_photos = {split: [photos[i] for i in indices[split]] for split in SPLITS}
+        train, val, test = (self.split_photos[split] for split in SPLITS)
         self._train_photos = [at_least(p, self.patch_size) for p in train]
         self._splits = {
             "train": PatchDataset(train, self.patch_size, self.train_patches, self.degrade, seed=None),
             "val": PatchDataset(val, self.patch_size, self.val_patches, self.degrade, seed=self.split_seed),
-            # No third photo set is held out: the test stage re-scores other fixed patches of the val photos.
-            "test": PatchDataset(val, self.patch_size, self.val_patches, self.degrade, seed=self.split_seed + 1),
+            "test": PatchDataset(test, self.patch_size, self.val_patches, self.degrade, seed=self.split_seed + 1),
         }
 
     # -- the device path -----------------------------------------------------------------------------
