@@ -15,41 +15,36 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from torchvision.datasets import ImageFolder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
-
-def read_split(root: Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """RGB uint8 images (H, W, 3) and labels, classes in sorted folder order (as torchvision's ImageFolder)."""
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / split / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(np.array(Image.open(path).convert("RGB")))
-                labels.append(label)
-    return images, np.array(labels)
+from transferlab.data.imagefolder import load_rgb
+from transferlab.tasks.base import IMAGENET_MEAN, IMAGENET_STD
 
 
-def pixels(images: list[np.ndarray]) -> np.ndarray:
-    size = min(min(image.shape[:2]) for image in images)
-    batch = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in images]).float() / 255
+def read_split(root: Path, split: str) -> tuple[list[torch.Tensor], np.ndarray]:
+    """RGB uint8 images (3, H, W) and labels, read as tl-train reads them (same classes, order, decoding)."""
+    dataset = ImageFolder(str(root / split), loader=load_rgb)
+    return [load_rgb(path) for path, _ in dataset.samples], np.array(dataset.targets)
+
+
+def pixels(images: list[torch.Tensor]) -> np.ndarray:
+    size = min(min(image.shape[-2:]) for image in images)
+    batch = torch.stack(images).float() / 255
     batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True)
     return batch.flatten(1).numpy()
 
 
-def imagenet_features(images: list[np.ndarray], size: int) -> np.ndarray:
+def imagenet_features(images: list[torch.Tensor], size: int) -> np.ndarray:
     from transferlab.backbones import build_backbone
 
     body = build_backbone("efficientnet_lite0", "imagenet").body.eval()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), 256):
             part = images[start : start + 256]
-            batch = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in part]).float() / 255
+            batch = torch.stack(part).float() / 255
             batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True)
             out.append(body((batch - mean) / std))
     return torch.cat(out).numpy()

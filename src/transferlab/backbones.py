@@ -123,26 +123,27 @@ def is_weights_file(weights: str | None) -> bool:
 
 def build_backbone(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> Backbone:
     """Build `name` with source `weights` and strip its classification head."""
-    model = build_classifier(name, weights, kwargs)
-    num_features = _builder(name).strip_head(model, name)
-    return Backbone(body=model, num_features=num_features, name=name)
+    builder, model = _build(name, weights, kwargs)
+    return Backbone(body=model, num_features=builder.strip_head(model, name), name=name)
 
 
 def build_classifier(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> nn.Module:
     """The library's whole model, its (e.g. ImageNet) head included; weights files may bring another head."""
+    return _build(name, weights, kwargs)[1]
+
+
+def _build(
+    name: str, weights: str | None, kwargs: dict[str, Any] | None
+) -> tuple[_TorchvisionBuilder | _TimmBuilder, nn.Module]:
     library, arch = resolve(name)
+    builder = BUILDERS[library]
     kwargs = dict(kwargs or {})
-    builder = _builder(name)
     if weights is not None and not is_weights_file(weights):
-        return builder.pretrained(arch, weights, kwargs)
+        return builder, builder.pretrained(arch, weights, kwargs)
     model = builder.create(arch, kwargs)
     if weights is not None:
         load_weights_file(model, builder.head_prefix(model, name), Path(weights).expanduser(), name)
-    return model
-
-
-def _builder(name: str) -> _TorchvisionBuilder | _TimmBuilder:
-    return _TorchvisionBuilder() if resolve(name)[0] == "torchvision" else _TimmBuilder()
+    return builder, model
 
 
 class _TorchvisionBuilder:
@@ -216,6 +217,9 @@ class _TimmBuilder:
     def strip_head(self, model: nn.Module, name: str) -> int:
         model.reset_classifier(0)
         return int(model.num_features)
+
+
+BUILDERS = {"torchvision": _TorchvisionBuilder(), "timm": _TimmBuilder()}  # keyed by `resolve`'s library
 
 
 def _offline_error(arch: str, weights: str, err: BaseException) -> UserError:
