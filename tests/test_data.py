@@ -110,16 +110,24 @@ def test_imagefolder_preset_without_resize_still_batches(tmp_path: Path) -> None
     assert {dm._splits["train"][i][0].shape for i in range(len(dm._splits["train"]))} == {(3, 16, 16)}
 
 
-def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_corrupt_image_is_skipped_or_names_the_file(tmp_path: Path, policy: str, capsys) -> None:
     write_imagefolder(tmp_path)
     bad = tmp_path / "train" / "dog" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.1)
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.1, on_bad_file=policy)
     dm.setup("fit")
     dataset = dm._splits["train"].dataset.dataset
     index = [Path(p).name for p, _ in dataset.samples].index("broken.jpg")
-    with pytest.raises(UserError, match=r"cannot decode image .*broken.jpg.*Remove or replace"):
-        dataset[index]
+    if policy == "error":
+        with pytest.raises(UserError, match=r"cannot read image .*broken.jpg.*Remove or replace.*on_bad_file=skip"):
+            dataset[index]
+        return
+    assert dataset[index] == (None, dataset.targets[index])
+    assert dataset[index][0] is None  # seen twice, warned once
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "broken.jpg" in line]
+    assert warnings == [f"warning: skipped unreadable image {bad} (cannot identify image file '{bad}')"]
+    assert [entry["path"] for entry in dm.skipped_files()] == [str(bad)]
 
 
 def test_imagefolder_missing_or_empty(tmp_path: Path) -> None:

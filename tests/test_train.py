@@ -37,8 +37,12 @@ def test_nothing_to_do_is_an_error(make_cfg) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.precision=17", r"invalid trainer settings: Precision 17 is invalid.*Check the trainer\.\* overrides"),
-        ("model.optimizer.lr=abc", r"invalid model.optimizer/model.scheduler settings"),
+        ("trainer.precision=17", r"trainer.precision must be one of 64, .*got 17"),
+        ("model.optimizer.lr=abc", r"model.optimizer.lr must be a number >= 1e-12, got 'abc'"),
+        (
+            "+trainer.gradient_clip_algorithm=sideways",
+            r"invalid trainer settings: .*sideways.*Check the trainer\.\* overrides",
+        ),
         ("model.optimizer._target_=torch.optim.Adamz", r"Error loading 'torch.optim.Adamz'"),
         ("data/augment=flip_rotate data.augment.transforms.1.degrees=[1,2,3]", r"invalid data settings"),
     ],

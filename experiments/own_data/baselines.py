@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
-from transferlab.data.imagefolder import load_rgb
+from transferlab.data.images import decode_rgb as load_rgb
 from transferlab.tasks.base import IMAGENET_MEAN, IMAGENET_STD
 
 

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import __version__
+from transferlab.utils.errors import UserError
 
 
 def log_figure(module: pl.LightningModule, tag: str, figure: Any) -> None:
@@ -165,6 +166,51 @@ class ModelCheckpoint(_ModelCheckpoint):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class NonFiniteLoss(UserError):
+    """Training produced a NaN/Inf loss; the run stopped before any checkpoint could store broken weights."""
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stop the run at the first NaN or Inf training loss, and keep the last good checkpoint.
+
+    Each step's loss is checked on the device (no host sync): the first bad step is remembered in a device
+    tensor and read on the host every ``trainer.log_every_n_steps`` steps (every step on a CPU, where reading
+    is free), and always before validation and at an epoch's end, that is before `ModelCheckpoint` (which
+    Lightning runs after all other callbacks) could write the broken weights.
+    """
+
+    def __init__(self) -> None:
+        self._first_bad: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, trainer.global_step, self._first_bad)
+        if loss.device.type == "cpu" or trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self._first_bad is None or (step := int(self._first_bad)) < 0:
+            return
+        checkpoint = trainer.checkpoint_callback
+        kept = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        kept_text = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written yet"
+        raise NonFiniteLoss(
+            f"the training loss became NaN/Inf at step {step} (epoch {trainer.current_epoch}); stopped there and "
+            f"{kept_text}. Lower model.optimizer.lr, set trainer.gradient_clip_val=1.0, or check the data"
+        )
 
 
 class EpochTimer(pl.Callback):

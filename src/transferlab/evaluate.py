@@ -20,6 +20,7 @@ from transferlab.runner import (
     write_json_atomic,
 )
 from transferlab.trust import open_checkpoint
+from transferlab.utils.io import METRICS_FILE
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -30,16 +31,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     # data=<name> on the command line is the user's own config; otherwise the run's, as checked data
     datamodule = build(cfg.data, "data") if cfg.get("data") is not None else checkpoint.build_datamodule()
+    datamodule.record_skipped_files_in(output_dir() / "skipped_files")
     model = checkpoint.build_task()
     trainer = build_trainer(cfg, [], instantiate_named(cfg.get("logger"), "logger"))
     results = trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(results[0] if results else {})
     if trainer.is_global_zero:
         write_json_atomic(
-            output_dir() / "metrics.json",
+            output_dir() / METRICS_FILE,
             {
                 "checkpoint": str(ckpt_path.resolve()),
                 "metrics": metrics,
+                "skipped_files": datamodule.skipped_files(),
                 "wall_time_s": round(time.time() - started, 2),
                 "overrides": task_overrides(),
                 "version": __version__,

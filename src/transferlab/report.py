@@ -18,10 +18,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from transferlab.runner import METRICS_FILE
-from transferlab.utils.errors import UserError, report_user_errors
+from transferlab.utils.errors import UserError, closest, report_user_errors
+from transferlab.utils.io import METRICS_FILE
 
 
 @dataclass
@@ -195,8 +195,15 @@ def plot(groups: Sequence[Group], metric: str, x_key: str, path: Path) -> None:
     tmp.replace(path)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as transferlab's one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message}. See tl-report --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tl-report",
         description="Aggregate tl-train sweeps into a mean ± std table (Markdown to stdout, CSV to a file).",
     )
@@ -221,6 +228,10 @@ def report(argv: Sequence[str] | None = None) -> str:
     ignore = args.ignore if args.ignore is not None else ["seed"]
     groups = group_jobs(jobs, ignore)
     metrics = args.metrics or default_metrics(jobs)
+    known = {name for job in jobs if job.metrics for name in job.metrics}
+    for name in args.metrics or []:
+        if known and name not in known:
+            raise UserError(f"no job has the metric {name}.{closest(name, known)} Pass --metric with a logged metric")
     keys = varying_keys(groups)
     constant = sorted({f"{k}={v}" for group in groups for k, v in group.key if k not in keys})
 

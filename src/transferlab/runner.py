@@ -26,13 +26,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.strategies.launchers import subprocess_script
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferlab.callbacks import ProgressBar
 from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError, describe, find_user_error, report_user_errors
-from transferlab.utils.io import atomic_file
+from transferlab.utils.io import METRICS_FILE, atomic_file
 
-METRICS_FILE = "metrics.json"
 _entry_module = "transferlab.train"
 
 
@@ -98,7 +98,8 @@ def _module_name(fn: Callable[..., Any]) -> str:
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """Instantiate config `node` (found at `key`); a value the target rejects becomes a one-line error.
 
-    Targets reject bad values with ValueError/TypeError (wrong type, unknown keyword, out of range);
+    Targets reject bad values with ValueError/TypeError (wrong type, unknown keyword, out of range; Lightning
+    with its MisconfigurationException);
     Hydra wraps those, so without this the user would see a traceback for a typo in an override.
     """
     try:
@@ -108,7 +109,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if found is not None:  # the target itself explained the problem: surface that, not Hydra's wrapper
             raise found from None
         cause = err.__cause__
-        if not isinstance(cause, ValueError | TypeError | OSError):
+        if not isinstance(cause, ValueError | TypeError | OSError | MisconfigurationException):
             raise
         raise UserError(f"invalid {key} settings: {describe(cause)}. Check the {key}.* overrides") from err
 

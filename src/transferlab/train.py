@@ -33,26 +33,15 @@ from transferlab.runner import (
     write_json_atomic,
 )
 from transferlab.trust import open_checkpoint
+from transferlab.utils.checks import check_values
 from transferlab.utils.config import flatten
 from transferlab.utils.errors import UserError
-
-MONITOR_MODES = ("min", "max")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Cheap checks before anything is built or trained."""
-    if cfg.monitor.mode not in MONITOR_MODES:
-        raise UserError(f"monitor.mode must be 'min' or 'max', got '{cfg.monitor.mode}'")
-    if not (cfg.train or cfg.test):
-        raise UserError("both train=false and test=false: nothing to do. Enable one of them")
-    if cfg.seed is not None and (not isinstance(cfg.seed, int) or cfg.seed < 0):
-        raise UserError(f"seed must be a non-negative integer or null, got {cfg.seed!r}")
 
 
 def run(cfg: DictConfig) -> float | None:
     """Train and/or test as `cfg` says; return the best monitored value (what sweepers optimise)."""
     started = time.time()
-    check_config(cfg)
+    check_values(cfg)  # tl-train checked them already; `run` is also called directly (API, tests)
     job_dir = output_dir()
     if is_multirun() and (done := finished_summary(job_dir)) is not None:  # a re-launched sweep
         print(f"Skipping finished job {job_dir} ({METRICS_FILE} exists)", flush=True)
@@ -61,14 +50,20 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.train and ckpt_path is None and (last := resume_checkpoint(job_dir)) is not None:
         print(f"Resuming unfinished job from {last}", flush=True)
         ckpt_path = str(last)
-    if ckpt_path is not None:  # a checkpoint is data: refuse one whose stored config names foreign code
-        open_checkpoint(Path(ckpt_path).expanduser(), cfg.trusted_targets)
+    # a checkpoint is data: refuse one whose stored config names foreign code
+    stored = open_checkpoint(Path(ckpt_path).expanduser(), cfg.trusted_targets) if ckpt_path else None
     if cfg.seed is not None:  # seed 0 is a seed
         pl.seed_everything(cfg.seed, workers=True)
 
     config = resolved(cfg)
     datamodule = build(cfg.data, "data")
+    datamodule.record_skipped_files_in(job_dir / "skipped_files")
     model = build(cfg.model, "model", **datamodule.task_args())
+    if stored is not None and (why := stored.mismatch(model, cfg.model._target_)) is not None:
+        raise UserError(
+            f"checkpoint {ckpt_path} does not fit this config: {why}. Use the overrides of the run that wrote it "
+            "(its .hydra/overrides.yaml), or start without ckpt_path"
+        )
     callbacks = [*instantiate_named(cfg.get("callbacks"), "callbacks"), RunConfigInCheckpoint(config)]
     loggers = instantiate_named(cfg.get("logger"), "logger")
     trainer = build_trainer(cfg, callbacks, loggers)
@@ -96,6 +91,7 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "best_checkpoint": best_path or None,
+        "skipped_files": datamodule.skipped_files(),
         "resumed_from": ckpt_path if cfg.train else None,
         "wall_time_s": round(time.time() - started, 2),
         "overrides": task_overrides(),

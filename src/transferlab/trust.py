@@ -211,6 +211,20 @@ class CheckedCheckpoint:
             io.BytesIO(self.data), map_location="cpu", weights_only=True, load_source_weights=False, **kwargs
         )
 
+    def mismatch(self, model: torch.nn.Module, target: str) -> str | None:
+        """Why these weights cannot be loaded into `model` (built from config target `target`), or None."""
+        stored = self.config["model"].get("_target_")
+        if stored != target:
+            return f"it holds a {str(stored).rsplit('.', 1)[-1]}, this config builds a {target.rsplit('.', 1)[-1]}"
+        blob = torch.load(io.BytesIO(self.data), map_location="cpu", weights_only=True)
+        state = blob.get("state_dict", {}) if isinstance(blob, dict) else {}
+        for name, tensor in model.state_dict().items():
+            if name not in state:
+                return f"it has no parameter {name} (another architecture)"
+            if tuple(state[name].shape) != tuple(tensor.shape):
+                return f"parameter {name} has shape {list(state[name].shape)} there, {list(tensor.shape)} here"
+        return None
+
     def build_datamodule(self) -> Any:
         """The datamodule of the run that wrote the checkpoint."""
         from transferlab.runner import build
@@ -226,8 +240,11 @@ def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoin
     try:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types; weights_only refuses anything but data
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first}): not a checkpoint tl-train wrote. "
+            "Pass ckpt_path=<run dir>/checkpoints/best.ckpt"
+        ) from err
     info = blob.get("transferlab") if isinstance(blob, dict) else None
     config = info.get("config") if isinstance(info, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from transferlab.data.device_loader import DeviceBatchLoader, device_augment_from
+from transferlab.data.images import BadFiles
+from transferlab.data.resumable import ResumableLoader
 from transferlab.utils.errors import UserError, one_line
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -68,9 +71,19 @@ class Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         image, target = self.dataset[index]
+        if image is None:  # an unreadable file the loader skipped (`images.SkippingLoader`)
+            return None
         return (self.transform(image) if self.transform else image), target
+
+
+def collate_readable(batch: list[Any]) -> Any:
+    """Default collation of the samples that were read (a skipped unreadable file arrives as None)."""
+    readable = [sample for sample in batch if sample is not None]
+    if not readable:
+        raise UserError(f"all {len(batch)} images of a batch were unreadable (see the warnings). Check data.root")
+    return default_collate(readable)
 
 
 def targets_of(dataset: Dataset) -> torch.Tensor:
@@ -112,7 +125,18 @@ class BatchedDataModule(pl.LightningDataModule):
             raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.bad_files = BadFiles("skip")  # datamodules that read files take data.on_bad_file
+        self._train_loader: ResumableLoader | None = None
+        self._train_loader_state: dict[str, Any] | None = None
         self._splits: dict[str, Dataset] = {}
+
+    def record_skipped_files_in(self, folder: Path) -> None:
+        """Keep the record of skipped unreadable files in `folder` (the run's), shared by workers and ranks."""
+        self.bad_files.folder = folder
+
+    def skipped_files(self) -> list[dict[str, str]]:
+        """The unreadable files this run skipped (path and reason), for ``metrics.json``."""
+        return self.bad_files.skipped()
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -128,16 +152,41 @@ class BatchedDataModule(pl.LightningDataModule):
     ) -> DataLoader:
         dataset = self._splits[split] if dataset is None else dataset
         batch_size = self.per_device_batch_size()
-        return DataLoader(
+        if self.num_workers > 0:
+            self.bad_files.ready_folder()  # before the workers fork, so they all record into one folder
+        options: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "collate_fn": collate_fn or collate_readable,
+        }
+        if not shuffle:
+            return DataLoader(dataset, **options)
+        self._train_loader = ResumableLoader(  # training: resumable mid-epoch
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,  # a size-1 last batch breaks BatchNorm
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=collate_fn,
+            shuffle=True,
+            drop_last=len(dataset) > batch_size,  # a size-1 last batch breaks BatchNorm
+            current_epoch=self._current_epoch,
+            **options,
         )
+        if self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
+        return self._train_loader
+
+    # -- resuming mid-epoch: the training loader's position travels in the checkpoint -----------------
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint (Lightning's datamodule hook): where the training loader is in its epoch."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Applied to the training loader whether it exists yet or is made later (see `ResumableLoader`)."""
+        self._train_loader_state = state_dict.get("train_loader")
+        if self._train_loader is not None and self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Batches of the device-resident path are already there: skip Lightning's generic collection walk."""

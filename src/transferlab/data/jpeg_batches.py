@@ -13,7 +13,7 @@ transforms do image by image:
 
 So that one decoder handles every batch, files that are not plain JPEGs (PNG, BMP, …, and CMYK/YCCK JPEGs,
 which libjpeg and PIL convert to RGB differently and nvjpeg may not convert at all) are decoded by the worker
-with PIL to RGB, exactly as the CPU path's ``load_rgb`` does, and re-encoded as JPEG quality 95. That costs
+with PIL to RGB, exactly as the CPU path's ``decode_rgb`` does, and re-encoded as JPEG quality 95. That costs
 one lossy round trip for those files only (a mean error of about one grey level on photo-like images, two
 or three on the sharp colour edges of palette graphics); grey and RGB JPEGs go to the device untouched and
 ``mode=ImageReadMode.RGB`` converts grey ones there. The decoded pixels differ from PIL's by JPEG decoder
@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
 from torchvision.transforms import InterpolationMode, v2
 
 from transferlab.data.device_augment import flatten_transforms
+from transferlab.data.images import decode_rgb
 from transferlab.utils.errors import UserError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -69,14 +69,9 @@ def jpeg_components(data: bytes | memoryview) -> int | None:
 
 
 def _reencoded_rgb(path: str) -> torch.Tensor:
-    """`path` decoded with PIL to RGB (grey, palette, CMYK and alpha converted, as ``load_rgb`` does) and
-    re-encoded as a quality-95 JPEG, so the device decodes every image of a batch with the same call."""
-    try:
-        with Image.open(path) as image:
-            rgb = v2.functional.pil_to_tensor(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"cannot decode image {path} ({err}). Remove or replace the file") from err
-    return encode_jpeg(rgb, quality=REENCODE_QUALITY)
+    """`path` decoded to RGB as the CPU path decodes it (`images.decode_rgb`) and re-encoded as a quality-95
+    JPEG, so the device decodes every image of a batch with the same call."""
+    return encode_jpeg(decode_rgb(path), quality=REENCODE_QUALITY)
 
 
 def encoded_image(path: str) -> torch.Tensor:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -32,6 +31,7 @@ from transferlab.data.base import BatchedDataModule
 from transferlab.data.degradations import Degrade
 from transferlab.data.device_degrade import DeviceDegrade
 from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
+from transferlab.data.images import BadFiles, UnreadableImage, decode_rgb
 from transferlab.utils.errors import UserError
 
 EMBEDDED_PHOTOS = (
@@ -70,18 +70,8 @@ def embedded_image(name: str) -> torch.Tensor:
 
 
 def load_photo(path: str | Path) -> torch.Tensor:
-    """Decode any image file to uint8 RGB (3, H, W): grey is repeated, transparency composited on white."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            return TF.pil_to_tensor(image.convert("RGB"))
-    except FileNotFoundError as err:
-        raise UserError(f"image file {path} does not exist. Check the path") from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path} ({str(err).splitlines()[0]}). Remove or replace the file") from err
+    """Decode any image file to uint8 RGB (3, H, W), as every transferlab reader does (`images.decode_rgb`)."""
+    return decode_rgb(path)
 
 
 def load_image(source: str) -> torch.Tensor:
@@ -91,7 +81,9 @@ def load_image(source: str) -> torch.Tensor:
     path = Path(source).expanduser()
     if not path.is_file():
         names = ", ".join(EMBEDDED_TEXTURES + EMBEDDED_PHOTOS[:3])
-        raise UserError(f"image '{source}' is neither an embedded image ({names}, …) nor an existing file")
+        raise UserError(
+            f"image '{source}' is neither an embedded image ({names}, …) nor an existing file. Check the path"
+        )
     return load_photo(path)
 
 
@@ -204,8 +196,10 @@ class PhotoDataModule(BatchedDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         on_gpu: bool | None = None,
+        on_bad_file: str = "skip",
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.bad_files = BadFiles(on_bad_file)
         self.on_gpu = on_gpu
         if patch_size < 8:
             raise UserError(f"data.patch_size must be at least 8, got {patch_size}")
@@ -232,8 +226,15 @@ class PhotoDataModule(BatchedDataModule):
     def _photos(self) -> tuple[list[str], list[torch.Tensor]]:
         if self.root is None:
             return list(EMBEDDED_PHOTOS), [embedded_image(name) for name in EMBEDDED_PHOTOS]
-        files = image_files(self.root)
-        return [str(f.relative_to(self.root)) for f in files], [load_photo(f) for f in files]
+        names, photos = [], []
+        for file in image_files(self.root):
+            try:
+                photos.append(load_photo(file))
+            except UnreadableImage as err:
+                self.bad_files.handle(err)
+                continue
+            names.append(str(file.relative_to(self.root)))
+        return names, photos
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+METRICS_FILE = "metrics.json"  # a run's results, written last (atomically): its presence marks the run finished
+
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:

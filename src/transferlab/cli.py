@@ -1,0 +1,189 @@
+"""The ``tl-train``, ``tl-eval`` and ``tl-predict`` commands: compose and check the config, then run it.
+
+Hydra reports a typo in an override as a multi-line error, and a value out of range would surface only
+after torch and Lightning are imported (seconds) and a run directory exists. So each command first composes
+its config with Hydra's compose API (exactly what the run will see; in a sweep, every value of every swept
+key), checks every value against its rule (`transferlab.utils.checks`), that the output directory can be
+written and that named files exist, and only then imports the run's module and hands over to Hydra. Any
+problem is one line, ``error: <what>. <how to fix>``, exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest
+
+MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
+_HYDRA_FLAG_ARGS = {"-m", "--multirun"}
+
+
+def train() -> None:
+    """``tl-train``: fit, then test the best checkpoint (`transferlab.train`)."""
+    _launch("train", "transferlab.train")
+
+
+def evaluate() -> None:
+    """``tl-eval``: test a checkpoint (`transferlab.evaluate`)."""
+    _launch("eval", "transferlab.evaluate")
+
+
+def predict() -> None:
+    """``tl-predict``: run a checkpoint on image files (`transferlab.predict`)."""
+    _launch("predict", "transferlab.predict")
+
+
+def _launch(config_name: str, module: str) -> None:
+    try:
+        preflight(config_name, sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+    importlib.import_module(module).main()
+
+
+def preflight(config_name: str, args: list[str]) -> None:
+    """Compose the config of `args` as the run will and raise `UserError` for anything wrong in it.
+
+    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra.
+    """
+    if any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from transferlab.utils.config import config_dir
+    from transferlab.utils.resolvers import register_resolvers
+
+    register_resolvers()
+    multirun = any(arg in _HYDRA_FLAG_ARGS for arg in args)
+    overrides = [arg for arg in args if arg not in _HYDRA_FLAG_ARGS]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for combination in _combinations(overrides, multirun):
+            try:
+                cfg = compose(config_name=config_name, overrides=combination, return_hydra_config=True)
+            except Exception as err:  # Hydra's composition errors: turned into one line with a suggestion
+                raise _composition_error(err, config_name, combination) from None
+            _check(cfg, multirun)
+    GlobalHydra.instance().clear()
+
+
+def _combinations(overrides: list[str], multirun: bool) -> Iterator[list[str]]:
+    """The override lists to compose: the sweep's first job, then each other value of each swept key."""
+    if not multirun:
+        yield overrides
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        raise UserError(f"cannot read the overrides: {_first_line(err)}. Quote values with spaces or symbols") from None
+    choices: list[list[str]] = []
+    for override, text in zip(parsed, overrides):
+        if not override.is_sweep_override():
+            choices.append([text])
+            continue
+        try:  # choice and range sweeps; an interval (an Optuna search space) is left to the sweeper
+            values = list(override.sweep_string_iterator())
+        except Exception:
+            values = []
+        choices.append([f"{override.get_key_element()}={value}" for value in values] or [])
+    yield [options[0] for options in choices if options]
+    count = 1
+    for index, options in enumerate(choices):
+        for option in options[1:]:
+            if count >= MAX_COMPOSITIONS:
+                return
+            count += 1
+            yield [option if i == index else other[0] for i, other in enumerate(choices) if other]
+
+
+def _composition_error(err: Exception, config_name: str, overrides: list[str]) -> UserError:
+    """Hydra's composition error as one actionable line."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, OverrideParseException):
+        return UserError(f"cannot read the overrides: {_first_line(err)}. Quote values with spaces or symbols")
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = sorted(err.options or [])
+        listed = f"Available: {', '.join(options)}." if options else "The group has no options."
+        return UserError(f"no {group} config named '{name}'. {listed}{closest(name, options)}")
+    message = f"{err} {err.__cause__ or ''}"
+    if message.startswith("Could not override '"):
+        key = message.split("'")[1]
+        return UserError(
+            f"unknown key {key}.{_similar_keys(config_name, overrides, key)} "
+            f"To add a key the config does not have, write +{key}=<value>"
+        )
+    if "An item is already at '" in message:
+        key = message.split("An item is already at '")[1].split("'")[0]
+        return UserError(f"{key} is already in the config. Override it without the +: {key}=<value>")
+    return UserError(f"{_first_line(err)}. Check the overrides")
+
+
+def _similar_keys(config_name: str, overrides: list[str], key: str) -> str:
+    """`closest` over the keys next to `key` in the config composed without the bad override."""
+    from hydra import compose
+    from omegaconf import DictConfig, OmegaConf
+
+    from transferlab.utils.config import config_dir
+
+    others = [text for text in overrides if text.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        cfg = compose(config_name=config_name, overrides=others)
+    except Exception:
+        return ""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return ""
+    siblings = {str(name) for name in node}
+    if not parent:  # a top-level typo may be a config group (data=…, model=…)
+        siblings |= {path.name for path in config_dir().iterdir() if path.is_dir()}
+    return closest(key, sorted(f"{parent}.{name}" if parent else name for name in siblings))
+
+
+def _check(cfg: object, multirun: bool) -> None:
+    from omegaconf import DictConfig, OmegaConf
+
+    from transferlab.utils.checks import check_values
+
+    assert isinstance(cfg, DictConfig)
+    check_values(cfg)
+    run_dir = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    check_writable(Path(str(run_dir)), "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
+        value = cfg.get(key)
+        if isinstance(value, str) and value not in ("???", "last") and not Path(value).expanduser().exists():
+            fix = "Pass ckpt_path=<run dir>/checkpoints/best.ckpt" if key == "ckpt_path" else f"Check {key}=…"
+            raise UserError(f"{what} {Path(value)} does not exist. {fix}")
+
+
+def check_writable(path: Path, key: str) -> None:
+    """Raise `UserError` unless a directory can be created at `path` (tried next to it, then removed)."""
+    path = path.expanduser().absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".tl-write-check-", dir=existing))
+        except OSError as err:
+            problem = f"no folder can be created in {existing} ({err.strerror})"
+    if problem is not None:
+        raise UserError(f"cannot create the output folder {path}: {problem}. Pass {key}=<a folder you can write>")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__).rstrip(".:")
