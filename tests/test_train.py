@@ -73,3 +73,71 @@ def test_eval_on_other_data_than_the_run_used(make_cfg) -> None:
         )
     )
     assert set(same) == set(other) and same["test/loss"] != other["test/loss"]
+
+
+# -- runs that end early end well ----------------------------------------------------------------------
+# 54 training images at batch 8: 6 steps per epoch. Each of these stops before, between or without
+# validations; every one must finish, test the best (or else the final) weights and write metrics.json.
+EARLY_ENDINGS = [
+    ["trainer.max_steps=2"],  # stops mid-epoch, before any validation
+    ["trainer.limit_val_batches=0", "trainer.max_epochs=2"],  # never validates
+    ["trainer.check_val_every_n_epoch=5", "trainer.max_epochs=2"],  # validation due after the end
+    ["trainer.val_check_interval=2", "trainer.max_epochs=1"],  # validates mid-epoch, three times
+    ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.max_epochs=2"],
+    ["trainer.max_epochs=0", "trainer.min_epochs=0"],  # trains nothing: tests the initial weights
+    ["trainer.max_steps=3", "experiment=style_transfer"],  # the crash the issue reported
+    ["trainer.max_steps=2", "experiment=denoising"],
+]
+
+
+@pytest.mark.parametrize("overrides", EARLY_ENDINGS, ids=[" ".join(o) for o in EARLY_ENDINGS])
+def test_runs_that_end_early_still_test_and_write_metrics(make_cfg, overrides: list[str]) -> None:
+    from conftest import TINY_PHOTOS
+
+    photos = any(o.startswith("experiment=") for o in overrides)
+    base = [*TINY_PHOTOS, "model.style_size=32"] if "experiment=style_transfer" in overrides else TINY_PHOTOS
+    cfg = make_cfg(*overrides, *(base if photos else []), tiny=not photos)
+    run(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert any(name.startswith("test/") for name in summary["metrics"]), summary["metrics"]
+    tested = summary["tested_checkpoint"]
+    assert tested == "final weights" or Path(tested).is_file()
+    if summary["best_checkpoint"] is None:  # nothing validated: the final weights are what was tested
+        assert tested in ("final weights", str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"))
+
+
+class PoisonAtStep:
+    """A test callback that turns a weight into NaN after training step `step` (the next loss is NaN)."""
+
+    def __new__(cls, step: int):  # a real Lightning callback, built from this module's name by Hydra
+        import pytorch_lightning as pl
+        import torch
+
+        class Poison(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+                if trainer.global_step == step:
+                    with torch.no_grad():
+                        next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+        return Poison()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg) -> None:
+    import torch
+
+    from transferlab.callbacks import NonFiniteLoss
+
+    cfg = make_cfg(
+        "trainer.max_epochs=4",
+        "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint.last_every_minutes=0",
+        "+callbacks.poison._target_=test_train.PoisonAtStep",
+        "+callbacks.poison.step=8",
+    )
+    with pytest.raises(NonFiniteLoss, match=r"became NaN/Inf at step 9 \(epoch 1\); stopped there and the last good"):
+        run(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert not (out / "metrics.json").exists()
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6, "the state of the last finished epoch, before the NaN"
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())

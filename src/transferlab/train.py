@@ -79,8 +79,9 @@ def run(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    last_path = checkpoint.last_model_path if checkpoint is not None else ""
+    test_ckpt = (best_path or None) if cfg.train else cfg.ckpt_path  # None: the weights as training left them
     if cfg.test:
-        test_ckpt = (best_path or None) if cfg.train else cfg.ckpt_path
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
 
@@ -91,6 +92,7 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "best_checkpoint": best_path or None,
+        "tested_checkpoint": (test_ckpt or last_path or "final weights") if cfg.test else None,
         "skipped_files": datamodule.skipped_files(),
         "resumed_from": ckpt_path if cfg.train else None,
         "wall_time_s": round(time.time() - started, 2),
