@@ -141,3 +141,16 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg) -> 
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6, "the state of the last finished epoch, before the NaN"
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_refused(make_cfg) -> None:
+    first = make_cfg("trainer.max_epochs=1", out="first")
+    run(first)
+    best = Path(first.paths.output_dir) / "checkpoints" / "best.ckpt"
+    other = make_cfg(f"ckpt_path={best}", "model.backbone.name=resnet18", out="other")
+    with pytest.raises(UserError, match=r"does not fit this config: it has no parameter backbone\.conv1\.weight"):
+        run(other)
+    assert not (Path(other.paths.output_dir) / "metrics.json").exists()
+    same = make_cfg(f"ckpt_path={best}", "trainer.max_epochs=2", out="same")  # the same model resumes
+    run(same)
+    assert json.loads((Path(same.paths.output_dir) / "metrics.json").read_text())["epochs"] == 2
