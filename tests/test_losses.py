@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from transferlab.losses import (
@@ -111,3 +114,93 @@ def test_perceptual_loss_is_zero_for_identical_images_and_positive_otherwise() -
     image = torch.rand(2, 3, 16, 16)
     assert loss(image, image).item() == pytest.approx(0.0)
     assert loss(image, image.flip(-1)).item() > 0
+
+
+# -- charbonnier: the formula, exactly, where ε and ε² differ -------------------------------------------------
+def reference_charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float) -> float:
+    d = (pred.double() - target.double()).flatten().tolist()
+    return sum((x * x + eps * eps) ** 0.5 for x in d) / len(d)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.05, 0.5, 2.0])
+def test_charbonnier_is_mean_sqrt_d2_plus_eps2(eps: float) -> None:
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 3, 8, 8, generator=generator), torch.rand(2, 3, 8, 8, generator=generator)
+    value = charbonnier(pred, target, eps=eps).item()
+    assert value == pytest.approx(reference_charbonnier(pred, target, eps), rel=1e-5)
+    # with ε instead of ε² the value would be mean(sqrt(d² + ε)): far off at every ε above
+    assert value != pytest.approx(reference_charbonnier(pred, target, eps**0.5), rel=1e-3)
+
+
+def test_charbonnier_default_eps_is_1e_3() -> None:
+    image = torch.rand(1, 3, 4, 4)
+    assert charbonnier(image, image).item() == pytest.approx(1e-3, rel=1e-4)  # sqrt(0 + ε²) = ε
+    assert pixel_loss("charbonnier")(image, image).item() == pytest.approx(1e-3, rel=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=16, unique=True).map(torch.tensor),
+    eps=st.floats(1e-3, 3.0),
+)
+def test_charbonnier_properties(values: torch.Tensor, eps: float) -> None:
+    pred, target = values, values.flip(0)
+    l1 = F.l1_loss(pred, target).item()
+    loss = charbonnier(pred, target, eps=eps).item()
+    assert loss == pytest.approx(reference_charbonnier(pred, target, eps), rel=1e-5, abs=1e-6)
+    assert l1 - 1e-5 <= loss <= l1 + eps + 1e-5  # between L1 and L1 + ε
+    assert charbonnier(target, pred, eps=eps).item() == pytest.approx(loss, rel=1e-6)  # symmetric
+
+
+# -- properties of the other losses ---------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 4), h=st.integers(1, 4), w=st.integers(1, 4), seed=st.integers(0, 999))
+def test_gram_matrix_properties(n: int, c: int, h: int, w: int, seed: int) -> None:
+    features = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    gram = gram_matrix(features)
+    assert gram.shape == (n, c, c)
+    torch.testing.assert_close(gram, gram.transpose(1, 2))
+    assert torch.linalg.eigvalsh(gram).min() >= -1e-9  # positive semi-definite
+    flat = features.reshape(n, c, h * w)
+    torch.testing.assert_close(gram, torch.einsum("ncp,ndp->ncd", flat, flat) / (c * h * w))
+    # layout-free: shuffling pixels (the same way in every channel) keeps the Gram matrix
+    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(gram_matrix(flat[..., order].reshape(n, c, h, w)), gram)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(2, 6), w=st.integers(2, 6), shift=st.floats(-5, 5), seed=st.integers(0, 999))
+def test_total_variation_properties(h: int, w: int, shift: float, seed: int) -> None:
+    image = torch.rand(1, 2, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    tv = total_variation(image)
+    dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean()
+    dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean()
+    torch.testing.assert_close(tv, dx + dy)
+    torch.testing.assert_close(total_variation(image + shift), tv)  # shift invariant
+    torch.testing.assert_close(total_variation(3 * image), 3 * tv)  # absolutely homogeneous
+    torch.testing.assert_close(total_variation(image.transpose(-1, -2)), tv)  # anisotropic: dx and dy alike
+
+
+def test_total_variation_counts_both_directions_separately() -> None:
+    rows = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]).view(1, 1, 2, 3)  # changes only vertically
+    assert total_variation(rows).item() == pytest.approx(1.0)
+    assert total_variation(rows.transpose(-1, -2)).item() == pytest.approx(1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 5), w=st.integers(2, 5), seed=st.integers(0, 999))
+def test_mean_std_matches_population_statistics(h: int, w: int, seed: int) -> None:
+    features = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    mean, std = mean_std(features)
+    assert mean.shape == std.shape == (2, 3, 1, 1)
+    torch.testing.assert_close(mean[..., 0, 0], features.mean(dim=(2, 3)))
+    expected = (features.var(dim=(2, 3), unbiased=False) + 1e-5).sqrt()  # the default ε is 1e-5
+    torch.testing.assert_close(std[..., 0, 0], expected)
+
+
+def test_style_loss_shares_a_single_target_gram_and_sums_layers() -> None:
+    features = {"a": torch.ones(2, 1, 1, 2), "b": torch.zeros(2, 2, 1, 1)}
+    # layer a: Gram of [1, 1] is 2 / 2 = 1 for both images; target 0 → MSE 1. Layer b: Gram 0, target 1 → 1.
+    targets = {"a": torch.zeros(1, 1), "b": torch.ones(2, 2, 2)}
+    assert style_loss(features, targets, {"a": 1.0, "b": 3.0}).item() == pytest.approx(4.0)
+    assert style_loss(features, targets, {"a": 0.5}).item() == pytest.approx(0.5)
