@@ -78,9 +78,9 @@ def compose_cfg(out: Path, batch_size: int, steps: int, overrides: list[str]) ->
                 "data/augment=none",
                 "trainer.accelerator=cpu",
                 "trainer.max_epochs=1",
-                f"+trainer.max_steps={steps + 12}",
+                f"trainer.max_steps={steps + 12}",
                 "trainer.num_sanity_val_steps=0",
-                "+trainer.limit_val_batches=0",
+                "trainer.limit_val_batches=0",
                 "model.backbone.name=mobilenet_v3_small",  # replaced by TinyNet below
                 "model.backbone.weights=null",
                 "model.scheduler=null",

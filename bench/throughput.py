@@ -151,9 +151,9 @@ def common_overrides(setup: Setup, steps: int, epochs: int = 1) -> list[str]:
     return [
         f"trainer.precision={setup.precision}",
         f"trainer.accelerator={'gpu' if GPU else 'cpu'}",
-        f"+trainer.max_steps={steps + 1}",
+        f"trainer.max_steps={steps + 1}",
         f"trainer.max_epochs={epochs}",
-        "+trainer.limit_val_batches=0",
+        "trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
         "trainer.enable_model_summary=false",
         "callbacks.early_stopping=null",  # acts after validation only, which the timed window never reaches

@@ -14,11 +14,23 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hypothesis import Phase, settings
 from omegaconf import DictConfig, open_dict
 
 from transferlab.utils.config import config_dir
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# TL_TEST_THREADS=1 for mutation testing: mutmut forks each worker from a process that already ran tests,
+# and an OpenMP thread pool does not survive a fork (the worker hangs).
+torch.set_num_threads(int(os.environ.get("TL_TEST_THREADS", min(2, os.cpu_count() or 1))))
+
+# Property tests (hypothesis): no example database on disk (tests write only under tmp_path), no deadline
+# (the first example pays for lazy imports); each test sets its own small max_examples. Mutation testing
+# runs with HYPOTHESIS_PROFILE=mutation: a failure only has to be found, not shrunk (docs/testing.md).
+settings.register_profile("transferlab", database=None, deadline=None)
+settings.register_profile(
+    "mutation", parent=settings.get_profile("transferlab"), phases=[Phase.explicit, Phase.generate]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "transferlab"))
 
 # Small, fast and deterministic: 20 px-per-class shapes, a tiny batch, one device, no workers.
 TINY = [
@@ -172,3 +184,25 @@ class HostReads:
 def host_reads(monkeypatch: pytest.MonkeyPatch) -> HostReads:
     """`HostReads` for the test, disarmed until the test sets ``.armed = True``; undone afterwards."""
     return HostReads(monkeypatch)
+
+
+# -- tests write only under their temporary directories -----------------------------------------------
+_REPO = Path(__file__).resolve().parents[1]
+_NOT_SOURCE = {".git", ".venv", "mutants", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".whl"}
+
+
+def _source_tree_files() -> set[Path]:
+    files: set[Path] = set()
+    for folder, subfolders, names in os.walk(_REPO):
+        subfolders[:] = [name for name in subfolders if name not in _NOT_SOURCE and not name.endswith(".egg-info")]
+        files.update(Path(folder, name) for name in names)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_into_the_source_tree():
+    """Fails the session if any test left a file in the repository (outputs/, conf/local/, …)."""
+    before = _source_tree_files()
+    yield
+    added = sorted(str(path.relative_to(_REPO)) for path in _source_tree_files() - before)
+    assert not added, f"tests wrote into the source tree: {added[:10]}"

@@ -150,13 +150,10 @@ def test_data_dir_follows_environment(make_cfg, monkeypatch, tmp_path: Path) -> 
     assert cfg.data.root == str(tmp_path / "datasets" / "cifar")
 
 
-def test_optional_local_config_is_applied(make_cfg) -> None:
-    local = CONF / "local" / "default.yaml"
-    if local.exists():
-        pytest.skip("a personal conf/local/default.yaml exists; not touching it")
-    local.write_text("# @package _global_\nseed: 1234\n")
-    try:
-        assert make_cfg(tiny=False).seed == 1234
-    finally:
-        local.unlink()
-    assert make_cfg(tiny=False).seed == 0
+def test_optional_local_config_is_applied(make_cfg, tmp_path: Path) -> None:
+    """`local/default.yaml` on the search path is merged; the test's own one, never the source tree's."""
+    (tmp_path / "extra" / "local").mkdir(parents=True)
+    (tmp_path / "extra" / "local" / "default.yaml").write_text("# @package _global_\nseed: 1234\n")
+    assert make_cfg(f"hydra.searchpath=[file://{tmp_path / 'extra'}]", tiny=False).seed == 1234
+    if not (CONF / "local" / "default.yaml").exists():
+        assert make_cfg(tiny=False).seed == 0

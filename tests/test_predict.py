@@ -18,7 +18,7 @@ from transferlab.predict import seams, tile_starts, tiled
 from transferlab.train import run
 from transferlab.utils.errors import UserError
 
-SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false"]
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
 PHOTOS = [*TINY_PHOTOS, "logger=none"]
 
 

@@ -40,7 +40,7 @@ class Touch:
 def checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint of a tiny classification run (two steps, no test phase)."""
     out = tmp_path_factory.mktemp("trusted") / "run"
-    train(compose_config([*TINY, "logger=none", "+trainer.limit_train_batches=2", "test=false"], out))
+    train(compose_config([*TINY, "logger=none", "trainer.limit_train_batches=2", "test=false"], out))
     return out / "checkpoints" / "last.ckpt"
 
 

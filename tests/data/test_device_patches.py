@@ -75,7 +75,7 @@ def test_style_transfer_trains_on_device_patches(make_cfg) -> None:
         "model.style_size=64",
         "model.net.channels=4",
         "logger=none",
-        "+trainer.limit_train_batches=2",
+        "trainer.limit_train_batches=2",
         tiny=False,
     )
     assert run(cfg) is not None
@@ -98,7 +98,7 @@ def test_restoration_trains_on_device_patches_and_degradations(make_cfg, model, 
         f"model={model}",
         f"data/degrade={degrade}",
         "logger=none",
-        "+trainer.limit_train_batches=2",
+        "trainer.limit_train_batches=2",
         *extra,
         tiny=False,
     )

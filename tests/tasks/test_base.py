@@ -36,7 +36,7 @@ def fit_counting(make_cfg, host_reads: HostReads, *overrides: str) -> ArmDuring:
         "data.train_size=400",
         "data.batch_size=8",
         "trainer.max_epochs=1",
-        "+trainer.max_steps=30",
+        "trainer.max_steps=30",
         "trainer.enable_progress_bar=true",  # the default UX: progress bar and TensorBoard on
         "logger=tensorboard",
         "model.optimizer._target_=torch.optim.SGD",  # Adam reads its host-side step counter (not a device sync)
