@@ -160,3 +160,43 @@ def test_bad_predict_input_is_one_line_with_exit_2(checkpoints, tmp_path: Path, 
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def _task(ckpt: Path) -> torch.nn.Module:
+    from transferlab.trust import open_checkpoint
+
+    return open_checkpoint(ckpt).build_task().eval()
+
+
+def test_predicted_classes_are_the_models(checkpoints, tmp_path: Path) -> None:
+    """The CSV holds the trained model's own top-k (an untrained, uniform or identity model would not match)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from transferlab.data.images import decode_rgb
+
+    paths = [write_photo(tmp_path / "in" / f"{i}.png", 48, 40, seed=i) for i in range(3)]
+    result = run_cli("tl-predict", f"ckpt_path={checkpoints['classify']}", "input=in", "output=out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.reader((tmp_path / "out" / "predictions.csv").open()))[1:]
+    task = _task(checkpoints["classify"])
+    for path, row in zip(paths, rows):
+        image = TF.center_crop(TF.resize(decode_rgb(path), [32], antialias=True), [32, 32])
+        with torch.inference_mode():
+            probs = task(image[None]).softmax(dim=-1)[0]
+        top = probs.topk(5)
+        assert row[1::2] == [task.class_names[i] for i in top.indices.tolist()]
+        assert np.allclose([float(p) for p in row[2::2]], top.values.tolist(), atol=1e-5)
+
+
+def test_restored_image_is_the_models_output(checkpoints, tmp_path: Path) -> None:
+    """tl-predict writes exactly what the trained denoiser makes of the photo (not the photo itself)."""
+    path = write_photo(tmp_path / "noisy.png", 40, 36)
+    result = run_cli("tl-predict", f"ckpt_path={checkpoints['denoise']}", "input=noisy.png", "output=out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "noisy.png"))).permute(2, 0, 1)
+    original = torch.from_numpy(np.asarray(Image.open(path))).permute(2, 0, 1)
+    with torch.inference_mode():
+        restored = _task(checkpoints["denoise"]).restore(original[None].float() / 255, None)[0]
+    expected = (restored.clamp(0, 1) * 255).round().to(torch.uint8)
+    assert torch.equal(written, expected)
+    assert not torch.equal(expected, original), "the check must tell the model from an identity"
