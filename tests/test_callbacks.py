@@ -97,6 +97,32 @@ def test_sigterm_anywhere_in_an_epoch_saves_the_state_and_prints_the_hint(make_c
     assert state["global_step"] == trainer.global_step > 6  # the interrupted epoch's state, not the first's
 
 
+class CtrlCAt(pl.Callback):
+    """Ctrl-C (a KeyboardInterrupt) after training step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_the_state_and_prints_the_hint(make_cfg, capsys) -> None:
+    cfg = make_cfg("logger=none", "trainer.max_epochs=3", "callbacks.early_stopping=null")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    checkpoint = build(cfg.callbacks.model_checkpoint, "callbacks", last_every_minutes=10)
+    trainer = build_trainer(cfg, [checkpoint, CtrlCAt(8)], [])
+    with pytest.raises(SystemExit) as stopped:  # Lightning's graceful shutdown
+        trainer.fit(task, datamodule=datamodule)
+    assert stopped.value.code == 1
+    hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Interrupted (Ctrl-C)")]
+    assert len(hint) == 1 and "at epoch 1, step 8" in hint[0] and f"ckpt_path={checkpoint.last_model_path}" in hint[0]
+    state = torch.load(checkpoint.last_model_path, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 8
+
+
 @pytest.mark.slow
 def test_sigterm_saves_the_state_and_says_how_to_resume(tmp_path) -> None:
     """A SIGTERM mid-run (a scheduler's time limit) stops at the end of the step with last.ckpt written and a
