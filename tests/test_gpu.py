@@ -96,3 +96,17 @@ def test_jpeg_batches_decode_on_the_gpu(tmp_path) -> None:
     encoded, _ = collate_encoded([EncodedImages(paths)[i] for i in range(2)])
     images = decode_batch(encoded, torch.device("cuda"))
     assert [tuple(im.shape) for im in images] == [(3, 30, 40), (3, 48, 64)] and all(im.is_cuda for im in images)
+
+
+def test_ddp_on_one_gpu_trains_tests_and_writes_metrics(make_cfg) -> None:
+    """The DDP strategy (process group, DistributedSampler, SyncBatchNorm, bf16) on the one GPU a box has."""
+    import json
+    from pathlib import Path
+
+    from transferlab.train import run
+
+    base = [o for o in TINY if not o.startswith("trainer.")]
+    cfg = make_cfg(*base, "trainer=ddp", "trainer.devices=1", "trainer.max_epochs=2", tiny=False)
+    run(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert summary["epochs"] == 2 and "test/acc" in summary["metrics"]
