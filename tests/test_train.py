@@ -154,3 +154,15 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_refused(make_cfg) -> None:
     same = make_cfg(f"ckpt_path={best}", "trainer.max_epochs=2", out="same")  # the same model resumes
     run(same)
     assert json.loads((Path(same.paths.output_dir) / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_ckpt_path_last_resumes_this_run_directory(make_cfg) -> None:
+    cfg = make_cfg("trainer.max_epochs=1", "callbacks.early_stopping=null")
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    resumed = make_cfg("trainer.max_epochs=2", "callbacks.early_stopping=null", "ckpt_path=last")
+    run(resumed)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["resumed_from"] == str(out / "checkpoints" / "last.ckpt") and summary["epochs"] == 2
+    with pytest.raises(UserError, match=r"ckpt_path=last: .*last.ckpt does not exist. Re-run into"):
+        run(make_cfg("ckpt_path=last", out="elsewhere"))

@@ -47,6 +47,14 @@ def run(cfg: DictConfig) -> float | None:
         print(f"Skipping finished job {job_dir} ({METRICS_FILE} exists)", flush=True)
         return done["monitor"]["best"]
     ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":  # this run directory's own last.ckpt (with hydra.run.dir=<the interrupted run>)
+        last = job_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise UserError(
+                f"ckpt_path=last: {last} does not exist. Re-run into the interrupted run's directory "
+                "(hydra.run.dir=<run dir>), or pass ckpt_path=<path to its last.ckpt>"
+            )
+        ckpt_path = str(last)
     if cfg.train and ckpt_path is None and (last := resume_checkpoint(job_dir)) is not None:
         print(f"Resuming unfinished job from {last}", flush=True)
         ckpt_path = str(last)
@@ -80,7 +88,7 @@ def run(cfg: DictConfig) -> float | None:
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     last_path = checkpoint.last_model_path if checkpoint is not None else ""
-    test_ckpt = (best_path or None) if cfg.train else cfg.ckpt_path  # None: the weights as training left them
+    test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
     if cfg.test:
         trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
