@@ -204,3 +204,53 @@ def test_style_loss_shares_a_single_target_gram_and_sums_layers() -> None:
     targets = {"a": torch.zeros(1, 1), "b": torch.ones(2, 2, 2)}
     assert style_loss(features, targets, {"a": 1.0, "b": 3.0}).item() == pytest.approx(4.0)
     assert style_loss(features, targets, {"a": 0.5}).item() == pytest.approx(0.5)
+
+
+# -- configuration the loss network and the perceptual loss take --------------------------------------------
+def test_loss_network_and_perceptual_loss_defaults() -> None:
+    """VGG-16 at relu2_2 (Johnson et al.), weight 1, ImageNet statistics as non-persistent buffers."""
+    net = LossNetwork()
+    assert net.layers == ["relu2_2"] and net(torch.rand(1, 3, 16, 16))["relu2_2"].shape == (1, 128, 8, 8)
+    assert len([m for m in net.body.modules() if isinstance(m, nn.Conv2d)]) == 4  # VGG's first two blocks
+    assert not {"mean", "std"} & set(net.state_dict())  # constants, not weights: never in a checkpoint
+    loss = PerceptualLoss()
+    assert loss.net.layers == ["relu2_2"] and loss.layer_weights == {"relu2_2": 1.0}
+    pred, target = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    expected = F.mse_loss(loss.net(pred)["relu2_2"], loss.net(target)["relu2_2"])
+    torch.testing.assert_close(loss(pred, target), expected)
+
+
+def test_perceptual_loss_reads_its_weights_and_layers(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    source = resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    loss = PerceptualLoss("resnet18", str(path), ["layer1", "layer1", "relu"])  # duplicates kept once
+    assert loss.net.layers == ["layer1", "relu"] and loss.layer_weights == {"layer1": 1.0, "relu": 1.0}
+    torch.testing.assert_close(loss.net.body.get_submodule("conv1").weight, source.conv1.weight)
+
+
+def test_loss_network_errors_list_what_exists() -> None:
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    from transferlab.backbones import build_backbone
+
+    with pytest.raises(UserError) as err:
+        LossNetwork("vgg16", None, [])
+    assert str(err.value) == "the loss network needs at least one layer name, e.g. [relu2_2]"
+    with pytest.raises(UserError) as err:
+        LossNetwork("vgg16", None, ["relu9_9"])
+    first = "relu1_1, relu1_2, relu2_1, relu2_2, relu3_1, relu3_2, relu3_3, relu4_1"
+    assert str(err.value).endswith(f"Use one of {first}, …")
+    with pytest.raises(UserError) as err:
+        LossNetwork("resnet18", None, ["layer9"])
+    nodes = sorted(get_graph_node_names(build_backbone("resnet18", None).body)[1])
+    assert str(err.value).startswith("loss network 'resnet18' has no layer 'layer9'. Did you mean")
+    assert str(err.value).endswith(f"Use one of {', '.join(nodes[:8])}, …")
+
+
+def test_unknown_pixel_loss_suggests_and_lists_the_losses() -> None:
+    with pytest.raises(UserError) as err:
+        pixel_loss("l3")
+    assert str(err.value) == "unknown pixel loss 'l3'. Did you mean l2, l1? Use one of l1, l2, charbonnier"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,19 +154,19 @@ def test_degrade_presets_compose_and_run(make_cfg, preset: str) -> None:
 
 # -- tight statistics and properties ---------------------------------------------------------------------------
 def test_gaussian_noise_sigma_within_sampling_error() -> None:
-    """σ to ±0.5 %: on 10⁶ values the std estimate's relative error is 1/√(2·10⁶) ≈ 0.07 %, so 0.5 % is 7 SE.
+    """σ to ±0.2 %: on 4·10⁶ values the std estimate's relative error is 1/√(8·10⁶) ≈ 0.035 %: 0.2 % is 5.7 SE.
 
     Mid-grey with σ = 25/255 sits 5σ from 0 and 1: the step does not clip, and even the clipped, quantised
     output of `Degrade` loses < 0.01 % of its spread (quantisation adds 1/12 to the variance in 0–255 units).
     """
-    grey = torch.full((1, 1000, 1000), 0.5)
+    grey = torch.full((1, 2000, 2000), 0.5)
     noisy, _ = GaussianNoise(sigma=25)(grey, empty_mask(grey), seeded(11))
     noise = (noisy - grey) * 255
-    assert noise.std().item() == pytest.approx(25, rel=0.005)
-    assert noise.mean().item() == pytest.approx(0, abs=0.05)  # 5 SE (25 / 1000)
-    clean = torch.full((1, 1000, 1000), 128, dtype=torch.uint8)
+    assert noise.std().item() == pytest.approx(25, rel=0.002)
+    assert noise.mean().item() == pytest.approx(0, abs=0.05)  # 4 SE (25 / 2000)
+    clean = torch.full((1, 2000, 2000), 128, dtype=torch.uint8)
     degraded, _ = Degrade([GaussianNoise(sigma=25)])(clean, seeded(12))
-    assert (degraded.float() - 128).std().item() == pytest.approx((25**2 + 1 / 12) ** 0.5, rel=0.005)
+    assert (degraded.float() - 128).std().item() == pytest.approx((25**2 + 1 / 12) ** 0.5, rel=0.002)
 
 
 def test_gaussian_noise_range_samples_sigma_per_image() -> None:
@@ -320,6 +322,8 @@ def test_degrade_rejects_non_steps_and_quantises_with_rounding() -> None:
     assert torch.equal(blurred, (expected * 255).round().to(torch.uint8))  # rounded, not truncated
     bright, _ = Degrade([PoissonNoise(peak=0.01)])(torch.full((1, 32, 32), 200, dtype=torch.uint8), seeded())
     assert bright.max() == 255 and bright.min() == 0  # clipped into [0, 255], never wrapped around
+    dark, _ = Degrade([GaussianNoise(sigma=50)])(torch.zeros(1, 32, 32, dtype=torch.uint8), seeded())
+    assert 0.4 < (dark == 0).float().mean() < 0.6  # the negative half of the noise clips to 0
 
 
 STEPS = {
@@ -402,3 +406,104 @@ def test_degrade_pipeline_output_is_uint8_at_the_scale(factor: int, blocks: int,
     assert torch.all(degraded[mask.expand_as(degraded) == 1] == 0)
     assert torch.all(degraded[mask.expand_as(degraded) == 0] == value)  # a flat image stays flat
     assert pipeline.task_args() == {"scale": factor, "mask_channel": True}
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: GaussianBlur(sigma=0.05), r"gaussian blur sigma must be .* within \[0.1, 20.0\], got 0.05"),
+        (lambda: MotionBlur(length=101.5), r"motion blur length must be .* within \[1.0, 101.0\], got 101.5"),
+        (lambda: BoxMask(count=51), r"box mask count must be .* within \[0, 50\], got 51"),
+        (lambda: BoxMask(size=1.5), r"box mask size must be .* within \[0.01, 1.0\], got 1.5"),
+        (lambda: BrushMask(strokes=51), r"brush mask strokes must be .* within \[0, 50\], got 51"),
+        (lambda: BrushMask(vertices=51), r"brush mask vertices must be .* within \[1, 50\], got 51"),
+        (lambda: BrushMask(width=1.5), r"brush mask width must be .* within \[0.005, 1.0\], got 1.5"),
+    ],
+)
+def test_strength_errors_name_the_setting_and_its_bounds(build, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build()
+
+
+def test_motion_blur_reflects_at_the_border_and_keeps_the_dtype() -> None:
+    flat = torch.full((3, 16, 16), 0.7)
+    out, _ = MotionBlur(length=9, angle=30)(flat, empty_mask(flat), seeded())
+    torch.testing.assert_close(out, flat)  # reflect padding: no dark frame from zero padding
+    double = torch.rand(1, 16, 16, dtype=torch.float64, generator=seeded())
+    out64, _ = MotionBlur(length=5, angle=0)(double, empty_mask(double), seeded())
+    assert out64.dtype == torch.float64
+    row = F.pad(double[None], (2, 2, 2, 2), mode="reflect")[0, 0, 2 + 5]
+    torch.testing.assert_close(out64[0, 5], row.unfold(0, 5, 1).mean(-1))  # a horizontal 5-pixel box average
+
+
+def test_downscale_is_antialiased_bicubic_and_needs_both_sides_divisible() -> None:
+    image = torch.rand(3, 24, 24, generator=seeded())
+    low, _ = Downscale(3)(image, empty_mask(image), seeded())
+    expected = F.interpolate(image[None], size=(8, 8), mode="bicubic", antialias=True, align_corners=False)[0]
+    torch.testing.assert_close(low, expected)
+    for shape in ((3, 18, 16), (3, 16, 18)):
+        with pytest.raises(UserError, match="cannot be down-scaled x3"):
+            Downscale(3)(torch.rand(shape), torch.zeros(1, *shape[1:]))
+
+
+def test_jpeg_clips_out_of_range_values_first() -> None:
+    image = torch.rand(3, 16, 16, generator=seeded()) * 2 - 0.5  # [-0.5, 1.5], e.g. after Gaussian noise
+    out, _ = JPEG(quality=90)(image, empty_mask(image), seeded())
+    clipped, _ = JPEG(quality=90)(image.clamp(0, 1), empty_mask(image), seeded())
+    torch.testing.assert_close(out, clipped)
+
+
+def test_every_box_lies_inside_the_image() -> None:
+    image = torch.ones(1, 5, 7)
+    generator = seeded()
+    for size in (0.01, 0.5):
+        for _ in range(100):
+            _, mask = BoxMask(count=1, size=size)(image, empty_mask(image), generator)
+            assert mask.sum() == max(1, round(size * 5)) * max(1, round(size * 7))  # never cut off by an edge
+
+
+def brush_polyline(seed: int, side: int, vertices: int) -> list[tuple[float, float]]:
+    """The stroke's points from the generator's draws: start uniform, steps (0.1–0.3)·side at uniform angles,
+    clamped into the image (what `BrushMask` documents), for one stroke with fixed strengths."""
+    generator = seeded(seed)
+    u = [torch.rand((), generator=generator).item() for _ in range(2 + 2 * vertices)]
+    x, y = u[0] * side, u[1] * side
+    points = [(x, y)]
+    for k in range(vertices):
+        angle, step = u[2 + 2 * k] * 2 * math.pi, (0.1 + 0.2 * u[3 + 2 * k]) * side
+        x = min(max(x + step * math.cos(angle), 0), side - 1)
+        y = min(max(y + step * math.sin(angle), 0), side - 1)
+        points.append((x, y))
+    return points
+
+
+def distance_to_polyline(points: list[tuple[float, float]], side: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(
+        torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij"
+    )
+    best = torch.full((side, side), math.inf, dtype=torch.float64)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = (((xs - x0) * dx + (ys - y0) * dy) / max(dx * dx + dy * dy, 1e-12)).clamp(0, 1)
+        best = torch.minimum(best, ((xs - x0 - t * dx) ** 2 + (ys - y0 - t * dy) ** 2).sqrt())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_brush_stroke_is_a_round_capped_polyline_of_its_width(seed: int) -> None:
+    side, width = 64, 12  # width fraction 12/64
+    image = torch.ones(3, side, side)
+    _, mask = BrushMask(strokes=1, vertices=3, width=width / side)(image, empty_mask(image), seeded(seed))
+    distance = distance_to_polyline(brush_polyline(seed, side, 3), side)
+    assert torch.all(mask[0][distance <= width / 2 - 1.5] == 1)  # all within the brush radius, caps too
+    assert torch.all(mask[0][distance > width / 2 + 1.5] == 0)  # nothing beyond it (± rasterisation)
+
+
+def test_thinnest_brush_is_one_pixel_wide() -> None:
+    side = 64
+    image = torch.ones(1, side, side)
+    for seed in range(6):
+        _, mask = BrushMask(strokes=1, vertices=4, width=0.005)(image, empty_mask(image), seeded(seed))
+        points = brush_polyline(seed, side, 4)
+        length = sum(max(abs(x1 - x0), abs(y1 - y0)) for (x0, y0), (x1, y1) in zip(points, points[1:]))
+        assert 0.9 * length <= mask.sum() <= 1.2 * length + 6  # ≈ one pixel per step along the line (+ caps)

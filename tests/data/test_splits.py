@@ -135,6 +135,7 @@ class TaggedData(ClassificationDataModule):
         self.per_class = per_class
 
     def load_split(self, split: str) -> TensorImageDataset:
+        assert split in ("train", "test"), split
         num = self.per_class * NUM_CLASSES if split == "train" else 20
         ids = torch.arange(num) + (0 if split == "train" else 100)
         images = ids.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
@@ -174,3 +175,66 @@ def test_datamodule_rejects_nonpositive_examples_per_class() -> None:
     with pytest.raises(UserError, match="examples_per_class must be >= 1 or null, got 0"):
         TaggedData(examples_per_class=0)
     assert TaggedData(examples_per_class=1).examples_per_class == 1
+
+
+def test_datamodule_defaults() -> None:
+    """The documented defaults: 10 % validation with split seed 0, all training images, batch 64."""
+    dm = TaggedData.__new__(TaggedData)
+    ClassificationDataModule.__init__(dm)
+    assert (dm.batch_size, dm.num_workers, dm.val_fraction, dm.split_seed) == (64, 0, 0.1, 0)
+    assert (dm.examples_per_class, dm.image_size, dm.augment, dm.on_gpu) == (None, 32, None, None)
+    assert dm.classes == [] and dm._sources == {} and dm._on_device == {} and dm._splits == {}
+    dm.per_class = 12
+    dm.setup("fit")
+    assert len(dm._splits["val"]) == round(48 * 0.1) and dm.num_classes == NUM_CLASSES
+    assert dm._splits["val"].dataset.indices == split_train_val(48, 0.1, seed=0)[1]
+
+
+def test_datamodule_settings_are_kept() -> None:
+    augment = lambda image: image + 1  # noqa: E731
+    dm = TaggedData(num_workers=3, image_size=48, on_gpu=False)
+    dm.augment = augment
+    assert (dm.num_workers, dm.image_size, dm.on_gpu, dm.augment) == (3, 48, False, augment)
+
+
+class Flipped(TaggedData):
+    """Tags the eval transform so the test can see which split got which transform."""
+
+    def eval_transform(self):
+        return lambda image: 255 - image
+
+
+def test_datamodule_transforms_train_with_augment_and_eval_splits_with_eval_transform() -> None:
+    dm = Flipped(val_fraction=0.25)
+    dm.augment = lambda image: image + 1
+    dm.setup("fit")
+    train_ids, val_ids = split_train_val(48, 0.25, 0)
+    assert image_ids(dm._splits["train"]) == [i + 1 for i in train_ids]
+    assert image_ids(dm._splits["val"]) == [255 - i for i in val_ids]
+    assert image_ids(dm._splits["test"]) == [255 - i for i in range(100, 120)]
+    assert dm._splits["train"][0][1] == train_ids[0] % NUM_CLASSES  # targets pass through untouched
+
+
+class OtherTestClasses(TaggedData):
+    def load_split(self, split: str) -> TensorImageDataset:
+        data = super().load_split(split)
+        if split == "test":
+            data.classes = ["x", "y", "z", "w"]
+        return data
+
+
+def test_datamodule_rejects_test_classes_that_differ_from_train() -> None:
+    with pytest.raises(UserError) as err:
+        OtherTestClasses().setup("fit")
+    assert str(err.value) == (
+        "train and test splits have different classes: ['c0', 'c1', 'c2', 'c3'] vs ['x', 'y', 'z', 'w']"
+    )
+
+
+def test_setup_runs_once() -> None:
+    dm = TaggedData(val_fraction=0.25, examples_per_class=2)
+    dm.setup("fit")
+    first = dm._splits
+    dm.split_seed = 5  # a second setup (e.g. for "test") keeps the splits of the first
+    dm.setup("test")
+    assert dm._splits is first

@@ -149,8 +149,19 @@ def test_input_psnr_uses_the_degraded_image_bicubic_upscaled_for_sr() -> None:
     assert model.upscaled_input(clean, clean.shape[-2:]) is clean
     values = measure(model, clean, clean, degraded=low)
     assert values["psnr_input"] == pytest.approx(peak_signal_noise_ratio(up, clean, data_range=1.0).item(), rel=1e-5)
-    bright = torch.ones(1, 3, 2, 2)
-    assert model.upscaled_input(bright, torch.Size([8, 8])).max() <= 1.0  # bicubic overshoot is clamped
+    checker = (torch.arange(16).view(4, 4) % 2 == torch.arange(4).view(4, 1) % 2).float().expand(1, 3, 4, 4)
+    raw = F.interpolate(checker, size=(12, 12), mode="bicubic", align_corners=False)
+    assert raw.min() < 0 and raw.max() > 1  # bicubic overshoots both ways ...
+    torch.testing.assert_close(model.upscaled_input(checker, torch.Size([12, 12])), raw.clamp(0, 1))  # ... clamped
+
+
+def test_input_psnr_stays_its_own_metric_when_a_batch_matches_the_output() -> None:
+    model, clean = task(), torch.full((1, 3, 8, 8), 0.5)
+    model.update_quality("val", clean + 0.1, clean + 0.1, clean, torch.zeros(1, 1, 8, 8))  # identity "restorer"
+    model.update_quality("val", clean + 0.1, clean + 0.01, clean, torch.zeros(1, 1, 8, 8))
+    values = model.epoch_metrics("val")
+    assert values["val/psnr_input"].item() == pytest.approx(20.0, abs=1e-3)
+    assert values["val/psnr"].item() == pytest.approx(30.0, abs=1e-3)
 
 
 def test_masked_psnr_only_for_inpainting_and_only_inside_the_hole() -> None:
