@@ -369,6 +369,18 @@ def test_steps_shapes_ranges_masks_and_seeding(name: str, channels: int, height:
     assert torch.equal(out, again) and torch.equal(mask, mask_again)
 
 
+@pytest.mark.parametrize(
+    "step",
+    [GaussianNoise((1, 80)), PoissonNoise((1, 100)), GaussianBlur((0.2, 3)), MotionBlur((1, 15)), JPEG((1, 100))],
+    ids=lambda step: type(step).__name__,
+)
+def test_every_strength_range_is_drawn_from_the_generator(step) -> None:
+    image = torch.rand(3, 32, 32, generator=seeded())
+    for seed in range(5):
+        first, again = step(image, empty_mask(image), seeded(seed))[0], step(image, empty_mask(image), seeded(seed))[0]
+        assert torch.equal(first, again)
+
+
 @pytest.mark.parametrize("name", sorted(RANDOM))
 def test_random_steps_differ_between_seeds(name: str) -> None:
     step, image = STEPS[name](), torch.rand(3, 32, 32, generator=seeded())

@@ -131,7 +131,7 @@ class TaggedData(ClassificationDataModule):
     """In-memory images whose pixels carry their identity: value = split tag · 100 + index (train < 100)."""
 
     def __init__(self, per_class: int = 12, **kwargs) -> None:
-        super().__init__(batch_size=4, augment=None, **kwargs)
+        super().__init__(**{"batch_size": 4, "augment": None, **kwargs})
         self.per_class = per_class
 
     def load_split(self, split: str) -> TensorImageDataset:
@@ -192,8 +192,7 @@ def test_datamodule_defaults() -> None:
 
 def test_datamodule_settings_are_kept() -> None:
     augment = lambda image: image + 1  # noqa: E731
-    dm = TaggedData(num_workers=3, image_size=48, on_gpu=False)
-    dm.augment = augment
+    dm = TaggedData(num_workers=3, image_size=48, on_gpu=False, augment=augment)
     assert (dm.num_workers, dm.image_size, dm.on_gpu, dm.augment) == (3, 48, False, augment)
 
 
@@ -205,8 +204,7 @@ class Flipped(TaggedData):
 
 
 def test_datamodule_transforms_train_with_augment_and_eval_splits_with_eval_transform() -> None:
-    dm = Flipped(val_fraction=0.25)
-    dm.augment = lambda image: image + 1
+    dm = Flipped(val_fraction=0.25, augment=lambda image: image + 1)
     dm.setup("fit")
     train_ids, val_ids = split_train_val(48, 0.25, 0)
     assert image_ids(dm._splits["train"]) == [i + 1 for i in train_ids]
