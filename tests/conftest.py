@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hypothesis import Phase, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from omegaconf import DictConfig, open_dict
 
 from transferlab.utils.config import config_dir
@@ -26,6 +28,8 @@ torch.set_num_threads(int(os.environ.get("TL_TEST_THREADS", min(2, os.cpu_count(
 # Property tests (hypothesis): no example database on disk (tests write only under tmp_path), no deadline
 # (the first example pays for lazy imports); each test sets its own small max_examples. Mutation testing
 # runs with HYPOTHESIS_PROFILE=mutation: a failure only has to be found, not shrunk (docs/testing.md).
+# Its caches (source constants, failure patches) go to a temporary directory, never to ./.hypothesis.
+set_hypothesis_home_dir(os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or tempfile.mkdtemp(prefix="hypothesis-"))
 settings.register_profile("transferlab", database=None, deadline=None)
 settings.register_profile(
     "mutation", parent=settings.get_profile("transferlab"), phases=[Phase.explicit, Phase.generate]
