@@ -134,7 +134,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg) -> 
         "+callbacks.poison._target_=test_train.PoisonAtStep",
         "+callbacks.poison.step=8",
     )
-    with pytest.raises(NonFiniteLoss, match=r"became NaN/Inf at step 9 \(epoch 1\); stopped there and the last good"):
+    with pytest.raises(NonFiniteLoss, match=r"became NaN/Inf at step 9 \(epoch 1\); the run stopped and the last good"):
         run(cfg)
     out = Path(cfg.paths.output_dir)
     assert not (out / "metrics.json").exists()

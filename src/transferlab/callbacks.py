@@ -176,9 +176,10 @@ class StopOnNonFiniteLoss(pl.Callback):
     """Stop the run at the first NaN or Inf training loss, and keep the last good checkpoint.
 
     Each step's loss is checked on the device (no host sync): the first bad step is remembered in a device
-    tensor and read on the host every ``trainer.log_every_n_steps`` steps (every step on a CPU, where reading
-    is free), and always before validation and at an epoch's end, that is before `ModelCheckpoint` (which
-    Lightning runs after all other callbacks) could write the broken weights.
+    tensor and read on the host on logging steps (every ``trainer.log_every_n_steps``, when Lightning reads
+    values anyway), and always before validation and at an epoch's end, that is before `ModelCheckpoint`
+    (which Lightning runs after all other callbacks) could write the broken weights. The message names the
+    first bad step; the run stops at the next check.
     """
 
     def __init__(self) -> None:
@@ -192,7 +193,7 @@ class StopOnNonFiniteLoss(pl.Callback):
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
         self._first_bad = torch.where(bad, trainer.global_step, self._first_bad)
-        if loss.device.type == "cpu" or trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             self._check(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,7 +209,7 @@ class StopOnNonFiniteLoss(pl.Callback):
         kept = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
         kept_text = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written yet"
         raise NonFiniteLoss(
-            f"the training loss became NaN/Inf at step {step} (epoch {trainer.current_epoch}); stopped there and "
+            f"the training loss became NaN/Inf at step {step} (epoch {trainer.current_epoch}); the run stopped and "
             f"{kept_text}. Lower model.optimizer.lr, set trainer.gradient_clip_val=1.0, or check the data"
         )
 

@@ -10,14 +10,16 @@ problem is one line, ``error: <what>. <how to fix>``, exit status 2, before anyt
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest
+from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
 _HYDRA_FLAG_ARGS = {"-m", "--multirun"}
@@ -44,7 +46,83 @@ def _launch(config_name: str, module: str) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
-    importlib.import_module(module).main()
+
+    def run(cfg: Any) -> Any:  # torch and Lightning load here, only when there is a job to run
+        return importlib.import_module(module).run(cfg)
+
+    run.__module__ = module  # Hydra names the job (train.log, …) and DDP ranks re-run it by this module
+    hydra_app(config_name)(run)()
+
+
+# -- the Hydra application around a command's run(cfg) ----------------------------------------------
+entry_module = "transferlab.train"  # the module a DDP child rank re-runs (`runner.ddp_child_command`)
+
+
+def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
+    """Turn ``run(cfg)`` into a Hydra CLI on transferlab's configs, printing `UserError`s as one line.
+
+    Nothing here imports torch: Hydra answers ``--help``, ``--cfg`` and ``--info`` without calling `run`.
+    """
+    import hydra
+    from omegaconf.errors import MissingMandatoryValue
+
+    from transferlab.utils.config import config_dir
+
+    def wrap(run: Callable[[Any], Any]) -> Callable[[], Any]:
+        global entry_module
+        entry_module = _module_name(run)
+
+        @functools.wraps(run)
+        def checked(cfg: Any) -> Any:
+            try:
+                return run(cfg)
+            except MissingMandatoryValue as err:
+                key = err.full_key or "a value"
+                raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
+
+        return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
+            report_user_errors(isolated_job(checked))
+        )
+
+    return wrap
+
+
+# What Lightning's DDP launcher puts into os.environ of the launching process for its child ranks.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
+
+
+def isolated_job(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Leave no distributed state behind a job, so the next job of an in-process multirun starts its own.
+
+    Lightning keeps the process group (and the port in ``MASTER_PORT``) alive after `fit`/`test`; a second
+    DDP job in the same process would reuse the dead group of the first one and fail talking to its
+    exited ranks.
+    """
+
+    @functools.wraps(run)
+    def wrapper(cfg: Any) -> Any:
+        saved = {name: os.environ.get(name) for name in _DDP_ENV}
+        try:
+            return run(cfg)
+        finally:
+            torch = sys.modules.get("torch")  # imported by the run, if it got that far
+            if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    return wrapper
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """Importable name of `fn`'s module, also when it runs as ``python -m transferlab.train``."""
+    if fn.__module__ == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        return spec.name if spec is not None else fn.__module__
+    return fn.__module__
 
 
 def preflight(config_name: str, args: list[str]) -> None:

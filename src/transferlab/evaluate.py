@@ -9,10 +9,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from transferlab import __version__
+from transferlab.cli import hydra_app
 from transferlab.runner import (
     build,
     build_trainer,
-    hydra_app,
     instantiate_named,
     output_dir,
     scalar_metrics,

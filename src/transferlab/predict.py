@@ -24,8 +24,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import encode_png
 from torchvision.transforms.v2 import functional as TF
 
+from transferlab.cli import hydra_app
 from transferlab.data.photos import load_image, load_photo
-from transferlab.runner import hydra_app, output_dir
+from transferlab.runner import output_dir
 from transferlab.tasks.classification import ClassificationTask
 from transferlab.tasks.style_transfer import StyleTransferTask, square
 from transferlab.trust import open_checkpoint

@@ -1,19 +1,15 @@
-"""The core the CLI entry points share: Hydra app wrapper, building trainer/callbacks/loggers from config,
-collecting final metrics and writing them atomically, and what makes a job re-launchable (finished marker,
-resume from ``last.ckpt``, DDP ranks that re-enter the same job)."""
+"""The core the commands' runs share (their Hydra app is `transferlab.cli`): building trainer, callbacks and
+loggers from config, collecting final metrics and writing them atomically, and what makes a job
+re-launchable (finished marker, resume from ``last.ckpt``, DDP ranks that re-enter the same job)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -21,78 +17,16 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.strategies.launchers import subprocess_script
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from transferlab import cli
 from transferlab.callbacks import ProgressBar
-from transferlab.utils.config import config_dir
-from transferlab.utils.errors import UserError, describe, find_user_error, report_user_errors
+from transferlab.utils.errors import UserError, describe, find_user_error
 from transferlab.utils.io import METRICS_FILE, atomic_file
-
-_entry_module = "transferlab.train"
-
-
-def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Turn ``run(cfg)`` into a Hydra CLI on transferlab's configs, printing `UserError`s as one line."""
-
-    def wrap(run: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        global _entry_module
-        _entry_module = _module_name(run)
-
-        @functools.wraps(run)
-        def checked(cfg: DictConfig) -> Any:
-            try:
-                return run(cfg)
-            except MissingMandatoryValue as err:
-                key = err.full_key or "a value"
-                raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
-
-        return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
-            report_user_errors(isolated_job(checked))
-        )
-
-    return wrap
-
-
-# What Lightning's DDP launcher puts into os.environ of the launching process for its child ranks.
-_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
-
-
-def isolated_job(run: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Leave no distributed state behind a job, so the next job of an in-process multirun starts its own.
-
-    Lightning keeps the process group (and the port in ``MASTER_PORT``) alive after `fit`/`test`; a second
-    DDP job in the same process would reuse the dead group of the first one and fail talking to its
-    exited ranks.
-    """
-
-    @functools.wraps(run)
-    def wrapper(cfg: DictConfig) -> Any:
-        saved = {name: os.environ.get(name) for name in _DDP_ENV}
-        try:
-            return run(cfg)
-        finally:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-    return wrapper
-
-
-def _module_name(fn: Callable[..., Any]) -> str:
-    """Importable name of `fn`'s module, also when it runs as ``python -m transferlab.train``."""
-    if fn.__module__ == "__main__":
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
-        return spec.name if spec is not None else fn.__module__
-    return fn.__module__
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -217,7 +151,7 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     own overrides, as a single run, in its own directory, writing no Hydra output of its own.
     """
     hydra_cfg = HydraConfig.get()
-    command = [sys.executable, "-m", _entry_module, *hydra_cfg.overrides.task]
+    command = [sys.executable, "-m", cli.entry_module, *hydra_cfg.overrides.task]
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",

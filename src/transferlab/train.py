@@ -17,12 +17,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import __version__
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
+from transferlab.cli import hydra_app
 from transferlab.runner import (
     METRICS_FILE,
     build,
     build_trainer,
     finished_summary,
-    hydra_app,
     instantiate_named,
     is_multirun,
     output_dir,
