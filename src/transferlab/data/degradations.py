@@ -37,7 +37,10 @@ def sample(value: Strength, generator: torch.Generator | None) -> float:
 def check_strength(name: str, value: Strength, low: float, high: float = math.inf) -> None:
     values = [value] if isinstance(value, int | float) else list(value)
     if len(values) not in (1, 2) or not all(low <= v <= high for v in values):
-        raise UserError(f"{name} must be a number or a [low, high] range within [{low}, {high}], got {value}")
+        raise UserError(
+            f"{name} must be a number or a [low, high] range within [{low}, {high}], got {value}. "
+            "Fix it under data.degrade.steps"
+        )
 
 
 class Step(abc.ABC):
