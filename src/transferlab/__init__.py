@@ -6,3 +6,13 @@ try:
     __version__ = version("transferlab")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> object:
+    """``transferlab.train`` / ``evaluate`` / ``predict``: the commands as functions (`transferlab.api`),
+    imported on first use so that ``import transferlab`` stays instant."""
+    if name in ("train", "evaluate", "predict"):
+        import importlib
+
+        return importlib.import_module(f"transferlab.{name}")
+    raise AttributeError(f"module 'transferlab' has no attribute {name!r}")

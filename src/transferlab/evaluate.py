@@ -8,7 +8,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from transferlab import __version__
+from transferlab import __version__, api
+from transferlab.api import callable_module
 from transferlab.cli import hydra_app
 from transferlab.runner import (
     build,
@@ -55,6 +56,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra_app("eval")
 def main(cfg: DictConfig) -> dict[str, float]:
     return run(cfg)
+
+
+callable_module(__name__, api.evaluate)  # `transferlab.evaluate([...])`: the Python API
 
 
 if __name__ == "__main__":

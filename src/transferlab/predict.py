@@ -24,6 +24,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import encode_png
 from torchvision.transforms.v2 import functional as TF
 
+from transferlab import api
+from transferlab.api import callable_module
 from transferlab.cli import hydra_app
 from transferlab.data.photos import load_image, load_photo
 from transferlab.runner import output_dir
@@ -190,6 +192,9 @@ def run(cfg: DictConfig) -> Path:
 @hydra_app("predict")
 def main(cfg: DictConfig) -> Path:
     return run(cfg)
+
+
+callable_module(__name__, api.predict)  # `transferlab.predict([...])`: the Python API
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from transferlab import __version__
+from transferlab import __version__, api
+from transferlab.api import callable_module
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
 from transferlab.cli import hydra_app
 from transferlab.runner import (
@@ -128,6 +129,9 @@ def _hparam_metrics(metrics: dict[str, float]) -> dict[str, float]:
 @hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     return run(cfg)
+
+
+callable_module(__name__, api.train)  # `transferlab.train([...])`: the Python API
 
 
 if __name__ == "__main__":
