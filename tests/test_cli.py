@@ -116,3 +116,50 @@ def test_non_editable_wheel_ships_configs(tmp_path: Path) -> None:
     )
     assert probe.returncode == 0, probe.stderr
     assert Path(probe.stdout.strip()) == site / "transferlab" / "conf"
+
+
+def test_default_console_is_quiet_and_verbose_brings_lightning_back(tmp_path: Path) -> None:
+    """The default job's console: a header, one line per epoch, the results, the run directory; nothing else
+    from Lightning (banners, tips, model table with FLOPs, per-class test table, deprecation warnings)."""
+    tiny = ["data.train_size=60", "data.test_size=20", "data.image_size=32", "trainer.max_epochs=2"]
+    result = run_cli("tl-train", *tiny, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    for word in ("Warning", "warning", "deprecated", "Tip", "FLOPs", "GPU available", "Test metric", "Seed set"):
+        assert not any(word in line for line in lines), [line for line in lines if word in line]
+    stdout = [line for line in result.stdout.splitlines() if line.strip()]
+    assert stdout[0].startswith("transferlab: Classification · efficientnet_lite0 (imagenet) · Shapes · cpu")
+    epochs = [line for line in stdout if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"] and "val/acc" in epochs[0]
+    assert any(line.startswith("test: acc ") for line in stdout) and stdout[-1].startswith("Run directory: ")
+
+    verbose = run_cli("tl-train", *tiny, "verbose=true", "trainer.max_epochs=1", cwd=tmp_path)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "GPU available" in verbose.stdout + verbose.stderr and "Test metric" in verbose.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--cfg", "job"], ["data=nosuch"], ["trainer.max_epochs=-3"], ["trainer.max_step=3"]],
+    ids=["help", "cfg", "unknown-option", "out-of-range", "unknown-key"],
+)
+def test_answers_from_the_config_alone_never_import_torch(args: list[str], tmp_path: Path) -> None:
+    """--help, --cfg and every config mistake are answered before torch/Lightning load (≤ 1.5 s on 2 cores;
+    bench/cli_latency.py measures it)."""
+    probe = (
+        "import sys, time\n"
+        f"sys.argv = ['tl-train', *{args!r}]\n"
+        "from transferlab.cli import train\n"
+        "try:\n    train()\nexcept SystemExit as stop:\n    code = stop.code\nelse:\n    code = 0\n"
+        "print('torch loaded:', 'torch' in sys.modules, 'exit:', code, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    expected_exit = 0 if args[0].startswith("--") else 2
+    assert f"torch loaded: False exit: {expected_exit}" in result.stderr, result.stderr[-2000:]

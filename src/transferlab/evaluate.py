@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.cli import hydra_app
+from transferlab.console import quiet, results_line
 from transferlab.runner import (
     build,
     build_trainer,
@@ -25,6 +26,12 @@ from transferlab.utils.io import METRICS_FILE
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint; return its test metrics (also written to metrics.json)."""
+    with quiet(bool(cfg.get("verbose", False))):
+        return _test(cfg)
+
+
+def _test(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     checkpoint = open_checkpoint(ckpt_path, cfg.trusted_targets)  # checked before anything is built from it
@@ -35,9 +42,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule.record_skipped_files_in(output_dir() / "skipped_files")
     model = checkpoint.build_task()
     trainer = build_trainer(cfg, [], instantiate_named(cfg.get("logger"), "logger"))
-    results = trainer.test(model, datamodule=datamodule)
+    verbose = bool(cfg.get("verbose", False))
+    results = trainer.test(model, datamodule=datamodule, verbose=verbose)
     metrics = scalar_metrics(results[0] if results else {})
     if trainer.is_global_zero:
+        if not verbose:
+            print(results_line(metrics), flush=True)
         write_json_atomic(
             output_dir() / METRICS_FILE,
             {

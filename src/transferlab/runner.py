@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferlab import cli
 from transferlab.callbacks import ProgressBar
+from transferlab.console import CompactModelSummary, EpochLine
 from transferlab.utils.errors import UserError, describe, find_user_error
 from transferlab.utils.io import METRICS_FILE, atomic_file
 
@@ -62,6 +63,10 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
     writing every epoch even when the config has none (``callbacks=none``); neither happens here.
     """
     callbacks = list(callbacks)
+    if not cfg.get("verbose", True):  # transferlab's console: one line per epoch, a compact model summary
+        callbacks.append(EpochLine())
+        if cfg.trainer.get("enable_model_summary", True):
+            callbacks.append(CompactModelSummary())
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBarBase) for c in callbacks):
         monitored = OmegaConf.select(cfg, "monitor.metric")
         callbacks.append(ProgressBar(keys=("train/loss_step", "train/loss", *([monitored] if monitored else []))))

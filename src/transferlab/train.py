@@ -19,6 +19,7 @@ from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
 from transferlab.cli import hydra_app
+from transferlab.console import header, quiet, results_line
 from transferlab.runner import (
     METRICS_FILE,
     build,
@@ -41,6 +42,11 @@ from transferlab.utils.errors import UserError
 
 def run(cfg: DictConfig) -> float | None:
     """Train and/or test as `cfg` says; return the best monitored value (what sweepers optimise)."""
+    with quiet(bool(cfg.get("verbose", False))):
+        return _train_and_test(cfg)
+
+
+def _train_and_test(cfg: DictConfig) -> float | None:
     started = time.time()
     check_values(cfg)  # tl-train checked them already; `run` is also called directly (API, tests)
     job_dir = output_dir()
@@ -78,6 +84,8 @@ def run(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg, callbacks, loggers)
     datamodule.trainer = trainer
     datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
+    if trainer.is_global_zero and not cfg.get("verbose", False):
+        print(header(cfg, trainer, job_dir), flush=True)
 
     metrics: dict[str, float] = {}
     if cfg.train:
@@ -91,8 +99,11 @@ def run(cfg: DictConfig) -> float | None:
     last_path = checkpoint.last_model_path if checkpoint is not None else ""
     test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
     if cfg.test:
-        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+        verbose = bool(cfg.get("verbose", False))
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=verbose)
         metrics.update(scalar_metrics(trainer.callback_metrics))
+        if trainer.is_global_zero and not verbose:
+            print(results_line(metrics), flush=True)
 
     best = _best_monitored(cfg, checkpoint, metrics)
     summary: dict[str, Any] = {

@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
     "monitor.mode": OneOf(("min", "max")),
     "train": OneOf((True, False)),
     "test": OneOf((True, False)),
+    "verbose": OneOf((True, False)),
     # trainer (tl-train, tl-eval)
     "trainer.max_epochs": Number(low=-1, integer=True, nullable=True, meaning="-1 = no limit"),
     "trainer.min_epochs": Number(low=0, integer=True, nullable=True),
