@@ -200,3 +200,35 @@ def test_restored_image_is_the_models_output(checkpoints, tmp_path: Path) -> Non
     expected = (restored.clamp(0, 1) * 255).round().to(torch.uint8)
     assert torch.equal(written, expected)
     assert not torch.equal(expected, original), "the check must tell the model from an identity"
+
+
+def test_predict_prepares_files_as_evaluation_does(tmp_path: Path) -> None:
+    """A classifier trained on an image folder: tl-predict's probabilities for the test images are those the
+    evaluated model gives them through the data's own test pipeline (resize to image_size × 256/224, crop)."""
+    from test_data import write_imagefolder
+    from transferlab.data.images import decode_rgb
+    from transferlab.trust import open_checkpoint
+
+    write_imagefolder(tmp_path / "images")  # 40–41 × 50 px photos, trained at 32 px
+    folder = [*TINY[4:], "data=imagefolder", f"data.root={tmp_path / 'images'}", "data.image_size=32"]
+    ckpt = train(tmp_path / "run", *folder, "data.batch_size=4", "data.num_workers=0", "logger=none")
+    result = run_cli(
+        "tl-predict", f"ckpt_path={ckpt}", f"input={tmp_path / 'images' / 'val'}", "output=out", "top_k=2", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row[0]: row for row in list(csv.reader((tmp_path / "out" / "predictions.csv").open()))[1:]}
+    checkpoint = open_checkpoint(ckpt)
+    task, datamodule = checkpoint.build_task().eval(), checkpoint.build_datamodule()
+    datamodule.setup("test")
+    test_split = datamodule._splits["test"]
+    samples = test_split.dataset.samples
+    assert len(rows) == len(samples) == 4
+    prepare = datamodule.file_transform()  # what tl-predict applies to a decoded file
+    for index, (path, _) in enumerate(samples):
+        image, _ = test_split[index]
+        assert torch.equal(prepare(decode_rgb(path)), image), "a file must become exactly the test input"
+        with torch.inference_mode():
+            probs = task(image[None]).softmax(dim=-1)[0]
+        row = rows[str(Path(path).relative_to(tmp_path / "images" / "val"))]
+        assert row[1] == task.class_names[int(probs.argmax())]
+        assert abs(float(row[2]) - float(probs.max())) < 1e-5

@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import encode_png
-from torchvision.transforms.v2 import functional as TF
 
 from transferlab import api
 from transferlab.api import callable_module
@@ -121,14 +120,15 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 # -- tasks -----------------------------------------------------------------------------------------
-def classify(task: ClassificationTask, files: list[Path], root: Path, image_size: int, top_k: int) -> bytes:
-    """CSV rows: file, then (class, probability) for the `top_k` most probable classes."""
+def classify(task: ClassificationTask, files: list[Path], root: Path, prepare: Callable, top_k: int) -> bytes:
+    """CSV rows: file, then (class, probability) for the `top_k` most probable classes; `prepare` makes a
+    decoded file into an input as the training data's test images were made (`file_transform`)."""
     k = min(top_k, len(task.class_names))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", *[f"{kind}_{i}" for i in range(1, k + 1) for kind in ("class", "prob")]])
     for path in files:
-        image = TF.center_crop(TF.resize(load_photo(path), [image_size], antialias=True), [image_size, image_size])
+        image = prepare(load_photo(path))
         with torch.inference_mode():
             probs = task(image[None].to(task.device)).softmax(dim=-1)[0]
         top = probs.topk(k)
@@ -161,7 +161,6 @@ def run(cfg: DictConfig) -> Path:
     check_tiling(cfg.tile, cfg.overlap)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     checkpoint = open_checkpoint(ckpt_path, cfg.trusted_targets)  # checked before anything is built from it
-    run_config = checkpoint.config
     root, files = input_files(Path(cfg.input).expanduser())
     check_readable(files)
     device = torch.device(
@@ -171,8 +170,8 @@ def run(cfg: DictConfig) -> Path:
     out = Path(cfg.output).expanduser() if cfg.output else output_dir() / "predictions"
 
     if isinstance(task, ClassificationTask):
-        image_size = int(run_config["data"].get("image_size", 32))
-        write_atomic(out / "predictions.csv", classify(task, files, root, image_size, cfg.top_k))
+        prepare = checkpoint.build_datamodule().file_transform()
+        write_atomic(out / "predictions.csv", classify(task, files, root, prepare, cfg.top_k))
         print(f"Predictions: {out / 'predictions.csv'}", flush=True)
         return out
     fn, mask = image_function(task, cfg)

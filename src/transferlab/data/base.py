@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torchvision.transforms import v2
 
 from transferlab.data.device_loader import DeviceBatchLoader, device_augment_from
 from transferlab.data.images import BadFiles
@@ -246,6 +247,11 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
 
     def train_transform(self) -> Transform | None:
         return self.augment
+
+    def file_transform(self) -> Transform:
+        """An image file of any size made into an input like this data's test images (``tl-predict``): the
+        short side resized to ``image_size``, centre-cropped square (datasets with an eval transform use it)."""
+        return v2.Compose([v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)])
 
     def fit_eval_images(self, images: torch.Tensor) -> torch.Tensor:
         """What `eval_transform` does, for a whole in-memory split at once (the device path); none by default."""

@@ -280,6 +280,9 @@ class ImageFolderDataModule(ClassificationDataModule):
     def eval_transform(self) -> Transform:
         return v2.Compose(self._fit_to_size())
 
+    def file_transform(self) -> Transform:
+        return self.eval_transform()  # tl-predict prepares a file exactly as tl-eval prepares a test image
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
