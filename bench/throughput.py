@@ -46,9 +46,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from transferlab.backbones import build_backbone
+from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from transferlab.runner import build, build_trainer, instantiate_named
-from transferlab.tasks.base import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.utils.config import config_dir
 
 GPU = torch.cuda.is_available()

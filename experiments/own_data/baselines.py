@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
+from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.data.images import decode_rgb as load_rgb
-from transferlab.tasks.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 def read_split(root: Path, split: str) -> tuple[list[torch.Tensor], np.ndarray]:

@@ -36,6 +36,9 @@ CHECKPOINT_SUFFIXES = (".ckpt",)
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
 TIMM_PREFIX = "timm/"
 IMAGENET = "imagenet"
+# The input normalisation every ImageNet-pretrained network here expects (tasks and loss networks use it).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

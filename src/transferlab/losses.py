@@ -17,11 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from transferlab.backbones import build_backbone
+from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from transferlab.utils.errors import UserError, closest
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def vgg_layer_names(features: nn.Sequential) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from transferlab.utils.errors import UserError, closest, report_user_errors
-from transferlab.utils.io import METRICS_FILE
+from transferlab.utils.io import METRICS_FILE, atomic_file
 
 
 @dataclass
@@ -189,10 +189,9 @@ def plot(groups: Sequence[Group], metric: str, x_key: str, path: Path) -> None:
     axes.legend(fontsize="small")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
     plt.close(figure)
-    tmp.replace(path)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -245,9 +244,8 @@ def report(argv: Sequence[str] | None = None) -> str:
         text += [f"- {job.path}" for job in unfinished]
 
     csv_path = args.csv or args.dirs[0] / "report.csv"
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    tmp.write_text(csv_text(groups, keys, metrics))
-    tmp.replace(csv_path)
+    with atomic_file(csv_path) as tmp:
+        tmp.write_text(csv_text(groups, keys, metrics))
     text += ["", f"CSV: {csv_path}"]
     if args.plot:
         plot_metric = args.plot_metric or (args.metrics[0] if args.metrics else metrics[0])
@@ -257,13 +255,9 @@ def report(argv: Sequence[str] | None = None) -> str:
 
 
 @report_user_errors
-def _main() -> None:
-    print(report(sys.argv[1:]))
-
-
 def main() -> None:
     """Console entry point ``tl-report``."""
-    _main()
+    print(report(sys.argv[1:]))
 
 
 if __name__ == "__main__":

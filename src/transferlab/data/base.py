@@ -205,9 +205,6 @@ class BatchedDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
 
 class ClassificationDataModule(BatchedDataModule, abc.ABC):
     """Base for image-classification datamodules; subclasses implement `load_split`."""

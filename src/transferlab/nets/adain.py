@@ -37,7 +37,6 @@ class AdaINDecoder(nn.Module):
             channels = out
         layers += [nn.ReflectionPad2d(1), nn.Conv2d(channels, 3, 3)]
         self.body = nn.Sequential(*layers)
-        self.stride = 2**upsamples
 
     def forward(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         out = self.body(features)

@@ -19,13 +19,12 @@ from hydra.utils import instantiate
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
+from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.finetune import Finetune
 from transferlab.utils.compile import compile_forward
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError, describe
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 

@@ -106,10 +106,6 @@ class ClassificationTask(TransferTask):
             self.confusion[stage].update(logits, targets)
         return loss
 
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(images).softmax(dim=-1)
-
     def count_hits(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add this batch's top-1 and top-5 hits to the training counters (device ops only, no host sync)."""
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == targets[:, None]
