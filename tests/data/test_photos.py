@@ -196,4 +196,3 @@ def test_each_loader_draws_only_from_its_own_photos(coloured_folder: Path, on_gp
     for split, loader in loaders.items():
         # Every photo of the split shows up (24+ patches over <= 4 photos), and nothing from another split.
         assert values_seen(loader) == {value[name] for name in names[split]}, split
-    assert values_seen(datamodule.predict_dataloader()) == {value[name] for name in names["test"]}
