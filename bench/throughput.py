@@ -46,7 +46,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from transferlab.backbones import build_backbone
+from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.runner import build, build_trainer, instantiate_named
 from transferlab.utils.config import config_dir
 

@@ -85,27 +85,28 @@ def test_param_groups(mode: str, lr: float, mult: float) -> None:
     backbone, head = nets()
     finetune = Finetune(mode=mode, backbone_lr_mult=mult)
     finetune.prepare(backbone)
-    groups = finetune.param_groups(backbone, head, lr)
-    assert groups[0]["name"] == "head" and groups[0]["lr"] == lr
+    groups = finetune.param_groups(backbone.parameters(), head.parameters())
+    assert groups[0]["name"] == "head" and "lr_scale" not in groups[0]
     assert ids(groups[0]["params"]) == ids(head.parameters()) and len(groups[0]["params"]) == 2
     if mode == "linear_probe" or mult == 0:  # nothing of the backbone can train: no group for it
         assert len(groups) == 1
     else:
         assert len(groups) == 2 and groups[1]["name"] == "backbone"
-        assert groups[1]["lr"] == pytest.approx(lr * mult, rel=1e-12)
+        assert groups[1]["lr_scale"] == mult
         assert ids(groups[1]["params"]) == ids(backbone.parameters()) and len(groups[1]["params"]) == 4
-    torch.optim.SGD(groups, lr=123.0)  # a valid optimizer spec: every parameter in at most one group
+    optimizer = torch.optim.SGD(groups, lr=lr)  # a valid optimizer spec: every parameter in at most one group
+    assert optimizer.param_groups[0]["lr"] == lr
 
 
 def test_param_groups_leave_out_parameters_without_gradients() -> None:
     backbone, head = nets()
     backbone[1].requires_grad_(False)  # frozen BatchNorm affine, say
     head.bias.requires_grad_(False)
-    groups = Finetune(backbone_lr_mult=0.5).param_groups(backbone, head, 0.2)
+    groups = Finetune(backbone_lr_mult=0.5).param_groups(backbone.parameters(), head.parameters())
     assert ids(groups[0]["params"]) == {id(head.weight)}
-    assert ids(groups[1]["params"]) == ids(backbone[0].parameters()) and groups[1]["lr"] == pytest.approx(0.1)
+    assert ids(groups[1]["params"]) == ids(backbone[0].parameters()) and groups[1]["lr_scale"] == 0.5
     backbone.requires_grad_(False)
-    assert [g["name"] for g in Finetune().param_groups(backbone, head, 0.2)] == ["head"]
+    assert [g["name"] for g in Finetune().param_groups(backbone.parameters(), head.parameters())] == ["head"]
 
 
 def test_gradual_backbone_has_its_group_from_the_start() -> None:
@@ -114,4 +115,9 @@ def test_gradual_backbone_has_its_group_from_the_start() -> None:
     finetune = Finetune(mode="gradual", backbone_lr_mult=0.1, unfreeze_at_epoch=5)
     finetune.prepare(backbone)
     assert finetune.backbone_frozen(0)
-    assert [g["name"] for g in finetune.param_groups(backbone, head, 1.0)] == ["head", "backbone"]
+    finetune.apply(backbone, 0)  # frozen: no gradients...
+    assert not any(p.requires_grad for p in backbone.parameters())
+    groups = finetune.param_groups(backbone.parameters(), head.parameters())
+    assert [g["name"] for g in groups] == ["head", "backbone"]  # ...yet its group is there
+    finetune.apply(backbone, 5)
+    assert all(p.requires_grad for p in backbone.parameters())

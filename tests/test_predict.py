@@ -12,9 +12,9 @@ from PIL import Image
 
 from conftest import TINY, TINY_PHOTOS, compose_config, run_cli
 from transferlab.data.shapes import CLASSES
+from transferlab.inference import seams, tile_starts, tiled
 from transferlab.nets.dncnn import DnCNN
 from transferlab.nets.edsr import EDSR
-from transferlab.predict import seams, tile_starts, tiled
 from transferlab.train import run
 from transferlab.utils.errors import UserError
 

@@ -20,7 +20,7 @@ from conftest import TINY, compose_config, run_cli
 from transferlab.evaluate import run as evaluate
 from transferlab.predict import run as predict
 from transferlab.train import run as train
-from transferlab.trust import ALLOWED_TARGETS, check_untrusted, open_checkpoint
+from transferlab.trust import ALLOWED_TARGETS, check_untrusted, is_network_class, open_checkpoint
 from transferlab.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,7 +233,26 @@ def test_every_target_the_shipped_configs_use_is_allowed() -> None:
     for path in (ROOT / "conf").rglob("*.yaml"):
         shipped |= set(re.findall(r"_target_:\s*([\w.]+)", path.read_text()))
     runtime_only = {t for t in shipped if t.startswith(("pytorch_lightning.", "transferlab.callbacks."))}
-    assert shipped - runtime_only <= ALLOWED_TARGETS, sorted(shipped - runtime_only - ALLOWED_TARGETS)
+    refused = {t for t in shipped - runtime_only - ALLOWED_TARGETS if not is_network_class(t)}
+    assert not refused, sorted(refused)
+
+
+def test_networks_are_allowed_only_as_module_classes_of_transferlab_nets() -> None:
+    """``model.net`` may name any nn.Module class defined in transferlab.nets (a network added there needs no edit
+    of the allowlist), and nothing else that merely looks like it."""
+    check_untrusted({"net": {"_target_": "transferlab.nets.unet.UNet"}}, "f")
+    for target in (
+        "transferlab.nets.unet.build_encoder",  # a function, not a network class
+        "transferlab.nets.unet.torch",  # a module imported there
+        "transferlab.nets.unet.nn.Module",  # reached through an attribute chain
+        "transferlab.nets.unet.create_feature_extractor",
+        "transferlab.nets.nosuch.Net",
+        "transferlab.netsx.Evil",
+        "os.system",
+    ):
+        assert not is_network_class(target), target
+        with pytest.raises(UserError, match="is not a target transferlab builds"):
+            check_untrusted({"net": {"_target_": target}}, "f")
 
 
 def test_check_walks_lists_and_partials() -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
-from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD
+from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.data.images import decode_rgb as load_rgb
 
 

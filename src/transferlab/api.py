@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferlab.utils.io import METRICS_FILE
+from transferlab.constants import METRICS_FILE
 
 
 def train(overrides: Sequence[str] | None = None, config_name: str = "train") -> dict[str, Any]:

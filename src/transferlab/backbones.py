@@ -30,6 +30,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.utils.errors import UserError, closest
 
 CHECKPOINT_SUFFIXES = (".ckpt",)
@@ -37,8 +38,18 @@ STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
 TIMM_PREFIX = "timm/"
 IMAGENET = "imagenet"
 # The input normalisation every ImageNet-pretrained network here expects (tasks and loss networks use it).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageNetNormalize(nn.Module):
+    """Images in [0, `scale`] → the normalised input ImageNet-pretrained networks expect (float)."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * scale, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * scale, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
 
 
 @dataclass
@@ -47,7 +58,6 @@ class Backbone:
 
     body: nn.Module
     num_features: int
-    name: str
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,7 @@ def is_weights_file(weights: str | None) -> bool:
 def build_backbone(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> Backbone:
     """Build `name` with source `weights` and strip its classification head."""
     builder, model = _build(name, weights, kwargs)
-    return Backbone(body=model, num_features=builder.strip_head(model, name), name=name)
+    return Backbone(body=model, num_features=builder.strip_head(model, name))
 
 
 def build_classifier(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> nn.Module:

@@ -57,7 +57,7 @@ def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:
     if backbone is not None:
         model = f"{backbone.get('name')} ({backbone.get('weights') or 'random init'})"
     elif net is not None:
-        model = str(net.get("arch", net.get("_target_", "net"))).rsplit(".", 1)[-1]
+        model = str(net.get("_target_", "net")).rsplit(".", 1)[-1]
     else:
         model = task
     data = str(cfg.data.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")

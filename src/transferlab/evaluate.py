@@ -12,6 +12,7 @@ from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.cli import hydra_app
 from transferlab.console import quiet, results_line
+from transferlab.constants import METRICS_FILE
 from transferlab.runner import (
     build,
     build_trainer,
@@ -19,10 +20,9 @@ from transferlab.runner import (
     output_dir,
     scalar_metrics,
     task_overrides,
-    write_json_atomic,
 )
 from transferlab.trust import open_checkpoint
-from transferlab.utils.io import METRICS_FILE
+from transferlab.utils.io import write_json_atomic
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

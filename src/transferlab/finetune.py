@@ -12,6 +12,7 @@ and optimizers skip parameters without one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +55,18 @@ class Finetune:
         if self.mode == "linear_probe":
             backbone.requires_grad_(False)
 
-    def param_groups(self, backbone: nn.Module, head: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Head at `lr`, backbone in its own group at ``lr * backbone_lr_mult`` (unless probing)."""
-        groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr, "name": "head"}]
-        backbone_params = [p for p in backbone.parameters() if p.requires_grad]
+    def apply(self, backbone: nn.Module, epoch: int) -> None:
+        """Freeze or unfreeze for `epoch` (gradual): a frozen backbone has no gradients, so autograd builds no graph
+        through it and the optimizer leaves it alone, whatever network holds it."""
+        if self.mode == "gradual":
+            backbone.requires_grad_(not self.backbone_frozen(epoch))
+
+    def param_groups(self, backbone: Iterable[nn.Parameter], head: Iterable[nn.Parameter]) -> list[dict[str, Any]]:
+        """Head at the optimizer's LR; backbone in its own group, its LR scaled by ``backbone_lr_mult`` (as the
+        group's ``lr_scale``, applied once the optimizer has set every group's LR from its config)."""
+        groups: list[dict[str, Any]] = [{"params": [p for p in head if p.requires_grad], "name": "head"}]
+        # gradual: the backbone's gradients are switched off while frozen, yet its group exists from the start
+        backbone_params = [p for p in backbone if p.requires_grad or self.mode == "gradual"]
         if backbone_params and self.backbone_lr_mult > 0:
-            groups.append({"params": backbone_params, "lr": lr * self.backbone_lr_mult, "name": "backbone"})
+            groups.append({"params": backbone_params, "name": "backbone", "lr_scale": self.backbone_lr_mult})
         return groups

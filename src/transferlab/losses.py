@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from transferlab.backbones import ImageNetNormalize, build_backbone
 from transferlab.utils.errors import UserError, closest
 
 
@@ -93,8 +93,7 @@ class LossNetwork(nn.Module):
             return_nodes[node] = layer
         self.body = create_feature_extractor(body, return_nodes=return_nodes)
         self.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = ImageNetNormalize()
         self.eval()
 
     def train(self, mode: bool = True) -> LossNetwork:
@@ -102,7 +101,7 @@ class LossNetwork(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.body((images - self.mean) / self.std)
+        return self.body(self.normalize(images))
 
 
 def feature_loss(

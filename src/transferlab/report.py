@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from transferlab.constants import METRICS_FILE
 from transferlab.utils.errors import UserError, closest, report_user_errors
-from transferlab.utils.io import METRICS_FILE, atomic_file
+from transferlab.utils.io import atomic_file
 
 
 @dataclass

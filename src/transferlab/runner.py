@@ -26,8 +26,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from transferlab import cli
 from transferlab.callbacks import ProgressBar
 from transferlab.console import CompactModelSummary, EpochLine
+from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import UserError, describe, find_user_error
-from transferlab.utils.io import METRICS_FILE, atomic_file
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -114,12 +114,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so readers see either nothing or the whole file."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
 def task_overrides() -> list[str]:
     """The command-line overrides of this job (what distinguishes it within a sweep)."""
     return list(HydraConfig.get().overrides.task)
@@ -140,7 +134,7 @@ def finished_summary(job_dir: Path) -> dict[str, Any] | None:
 
 def resume_checkpoint(job_dir: Path) -> Path | None:
     """``last.ckpt`` of an unfinished job in `job_dir` (a killed sweep job), to continue where it stopped."""
-    last = job_dir / "checkpoints" / "last.ckpt"
+    last = job_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     return last if last.is_file() and not (job_dir / METRICS_FILE).is_file() else None
 
 

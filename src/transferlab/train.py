@@ -20,8 +20,8 @@ from transferlab.api import callable_module
 from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
 from transferlab.cli import hydra_app
 from transferlab.console import header, quiet, results_line
+from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.runner import (
-    METRICS_FILE,
     build,
     build_trainer,
     finished_summary,
@@ -32,12 +32,12 @@ from transferlab.runner import (
     resume_checkpoint,
     scalar_metrics,
     task_overrides,
-    write_json_atomic,
 )
 from transferlab.trust import open_checkpoint
 from transferlab.utils.checks import check_values
 from transferlab.utils.config import flatten
 from transferlab.utils.errors import UserError
+from transferlab.utils.io import write_json_atomic
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -55,7 +55,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         return done["monitor"]["best"]
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":  # this run directory's own last.ckpt (with hydra.run.dir=<the interrupted run>)
-        last = job_dir / "checkpoints" / "last.ckpt"
+        last = job_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not last.is_file():
             raise UserError(
                 f"ckpt_path=last: {last} does not exist. Re-run into the interrupted run's directory "

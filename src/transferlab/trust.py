@@ -14,6 +14,7 @@ rebuilt from those same bytes, so the file cannot change between the check and t
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,8 +31,12 @@ TASK_TARGETS = frozenset(
         "transferlab.tasks.classification.ClassificationTask",
         "transferlab.tasks.restoration.RestorationTask",
         "transferlab.tasks.style_transfer.StyleTransferTask",
+        "transferlab.tasks.style_transfer.AdaINTask",
     }
 )
+# Networks (``model.net``): any torch.nn.Module class defined in a module of the `transferlab.nets` package, so
+# a network added there (docs/architecture.md) needs no edit here. Building one only allocates layers.
+NETWORK_PACKAGE = "transferlab.nets."
 
 _TORCHVISION_TRANSFORMS = [
     "AutoAugment",
@@ -162,12 +167,26 @@ def check_untrusted(tree: Any, source: str, trusted: Iterable[str] = (), key: st
         if not isinstance(value, dict) or "_target_" not in value:
             continue
         target = value["_target_"]
-        if not isinstance(target, str) or target not in allowed:
+        if not isinstance(target, str) or (target not in allowed and not is_network_class(target)):
             raise UserError(
                 f"{source}: {where + '.' if where else ''}_target_={target!r} is not a target transferlab builds "
                 "from a file's config. If you trust this file and that callable, add "
                 f"'trusted_targets=[{target}]' to the command line"
             )
+
+
+def is_network_class(target: str) -> bool:
+    """Whether `target` is a network class defined in the `transferlab.nets` package (importing transferlab's
+    own modules runs no code from the file)."""
+    module_name, _, name = target.rpartition(".")
+    if not module_name.startswith(NETWORK_PACKAGE) or not name.isidentifier():
+        return False
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return False
+    cls = getattr(module, name, None)
+    return isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == module_name
 
 
 def to_plain_tree(tree: Any) -> Any:

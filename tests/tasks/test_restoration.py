@@ -68,12 +68,12 @@ def test_restoration_configs_train_with_fast_dev_run(make_cfg, model: str, degra
 
 def test_unet_encoder_follows_the_finetune_modes(make_cfg) -> None:
     datamodule, model = build(make_cfg, "restore_unet", "gaussian_noise", "model.finetune.mode=linear_probe")
-    encoder = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    encoder = {k: v.clone() for k, v in model.net.backbone.state_dict().items()}
+    decoder = {k: v.clone() for k, v in model.net.decoder.state_dict().items()}
     fit_briefly(model, datamodule, epochs=1, steps=2)
-    for key, value in model.backbone.state_dict().items():  # weights and BatchNorm statistics
+    for key, value in model.net.backbone.state_dict().items():  # weights and BatchNorm statistics
         assert torch.equal(value, encoder[key]), key
-    assert any(not torch.equal(v, decoder[k]) for k, v in model.decoder.state_dict().items())
+    assert any(not torch.equal(v, decoder[k]) for k, v in model.net.decoder.state_dict().items())
     _, gradual = build(
         make_cfg, "restore_unet", "gaussian_noise", "model.finetune.mode=gradual", "model.scheduler=null"
     )
@@ -87,7 +87,7 @@ def test_unet_encoder_takes_pretrained_weights_from_a_file(make_cfg, tmp_path: P
     source = resnet18()
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
     _, model = build(make_cfg, "restore_unet", "gaussian_noise", f"model.backbone.weights={tmp_path}/resnet18.pth")
-    torch.testing.assert_close(model.backbone.get_submodule("layer1.0.conv1").weight, source.layer1[0].conv1.weight)
+    torch.testing.assert_close(model.net.backbone.get_submodule("layer1.0.conv1").weight, source.layer1[0].conv1.weight)
 
 
 def test_psnr_follows_channel_crop_border_and_data_range(make_cfg) -> None:

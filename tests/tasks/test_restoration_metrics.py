@@ -13,15 +13,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from omegaconf import OmegaConf
+
 from transferlab.tasks.restoration import RestorationTask, rgb_to_y
+from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError
 
-ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+# The shipped restoration settings (losses, metrics, optimizer), so a test states only what it varies.
+BASE = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / "base" / "restoration.yaml").model)
+SETTINGS = {key: BASE[key] for key in ("optimizer", "loss", "perceptual")}
+EDSR = {"_target_": "transferlab.nets.edsr.EDSR", "channels": 4, "blocks": 1}
+DNCNN = {"_target_": "transferlab.nets.dncnn.DnCNN", "depth": 2, "channels": 4}
 
 
 def task(mask_channel: bool = False, scale: int = 1, **metrics) -> RestorationTask:
-    arch = {"arch": "edsr", "channels": 4, "blocks": 1} if scale > 1 else {"arch": "dncnn", "depth": 2, "channels": 4}
-    return RestorationTask(net=arch, optimizer=ADAM, metrics=metrics, mask_channel=mask_channel, scale=scale)
+    return RestorationTask(
+        net=EDSR if scale > 1 else DNCNN,
+        metrics={**BASE["metrics"], **metrics},
+        mask_channel=mask_channel,
+        scale=scale,
+        **SETTINGS,
+    )
 
 
 def images(seed: int, n: int = 2, size: int = 16) -> torch.Tensor:
@@ -125,17 +137,23 @@ def test_rgb_to_y_is_bt601_luma() -> None:
 
 
 def test_check_metrics_defaults_and_errors() -> None:
-    assert RestorationTask.check_metrics({}) == {"data_range": 1.0, "channel": "rgb", "crop_border": 0}
-    assert RestorationTask.check_metrics({"channel": "y", "crop_border": 4})["crop_border"] == 4
+    full = {"data_range": 1.0, "channel": "rgb", "crop_border": 0}
+    assert RestorationTask.check_metrics(full) == full
+    assert RestorationTask.check_metrics({**full, "channel": "y", "crop_border": 4})["crop_border"] == 4
     with pytest.raises(UserError) as err:
-        RestorationTask.check_metrics({"range": 1})
+        RestorationTask.check_metrics({**full, "range": 1})
     assert str(err.value) == "unknown model.metrics keys ['range']; use data_range, channel, crop_border"
     with pytest.raises(UserError) as err:
-        RestorationTask.check_metrics({"channel": "ycbcr"})
+        RestorationTask.check_metrics({"channel": "y"})
+    assert str(err.value) == (
+        "model.metrics lacks ['crop_border', 'data_range']: set each of data_range, channel, crop_border"
+    )
+    with pytest.raises(UserError) as err:
+        RestorationTask.check_metrics({**full, "channel": "ycbcr"})
     assert str(err.value) == "model.metrics.channel must be 'rgb' or 'y', got 'ycbcr'"
     for bad in ({"data_range": 0}, {"data_range": -1.0}, {"crop_border": -1}):
         with pytest.raises(UserError) as err:
-            RestorationTask.check_metrics(bad)
+            RestorationTask.check_metrics({**full, **bad})
         assert str(err.value) == "model.metrics.data_range must be > 0 and model.metrics.crop_border >= 0"
 
 

@@ -92,7 +92,8 @@ def test_adain_stylizes_with_any_style_image(make_cfg) -> None:
     [
         ("model.styles=[/no/such/style.jpg]", "image '/no/such/style.jpg' is neither an embedded image"),
         ("model.styles=[]", "model.styles is empty"),
-        ("model.method=gatys", "model.method must be one of johnson, adain"),
+        ("model.net._target_=transferlab.nets.nosuch.Net", "model.net._target_=transferlab.nets.nosuch.Net cannot"),
+        ("model.net._target_=torch.optim.Adam", "is not a network"),
         ("+model.style_layers.relu9_1=1.0", "has no layer 'relu9_1'"),
     ],
 )

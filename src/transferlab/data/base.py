@@ -117,6 +117,10 @@ def few_shot(indices: list[int], targets: torch.Tensor, per_class: int, seed: in
     return sorted(kept)
 
 
+def _unchanged(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
 class BatchedDataModule(pl.LightningDataModule):
     """What every transferlab datamodule shares: a global batch split across devices, and its loaders."""
 
@@ -138,6 +142,16 @@ class BatchedDataModule(pl.LightningDataModule):
     def skipped_files(self) -> list[dict[str, str]]:
         """The unreadable files this run skipped (path and reason), for ``metrics.json``."""
         return self.bad_files.skipped()
+
+    # -- the protocol tasks, tl-train and tl-predict rely on (defaults fit data without classes) ----------
+    def task_args(self) -> dict[str, Any]:
+        """Constructor arguments a task derives from the data (never hard-coded in a model config)."""
+        return {}
+
+    def file_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Makes a decoded image file (uint8 RGB, any size) into an input like this data's test images, for
+        ``tl-predict``; by default the file as it is (image-to-image tasks take any size)."""
+        return _unchanged
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -260,7 +274,6 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         return len(self.classes)
 
     def task_args(self) -> dict[str, Any]:
-        """Constructor arguments a task derives from the data (never hard-coded in a model config)."""
         self.setup("fit")
         return {"num_classes": self.num_classes, "class_names": list(self.classes)}
 

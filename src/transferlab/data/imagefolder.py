@@ -25,9 +25,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.data.base import (
     BatchedDataModule,
     ClassificationDataModule,
@@ -139,7 +139,7 @@ def _image_folder(folder: Path, bad_files: BadFiles | None = None) -> ImageFolde
     except FileNotFoundError as err:
         raise UserError(
             f"no images in {folder} ({err}). Expected {folder}/<class>/<image> with extensions "
-            f"{', '.join(IMG_EXTENSIONS)}"
+            f"{', '.join(IMAGE_EXTENSIONS)}"
         ) from err
 
 

@@ -20,10 +20,20 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.utils.errors import UserError
 
 BAD_FILE_POLICIES = ("skip", "error")
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under `root` (recursively), in a stable order; possibly none."""
+    return sorted(p for p in root.rglob("*") if is_image_file(p))
 
 
 class UnreadableImage(UserError):

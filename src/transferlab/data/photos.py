@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
+from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.data.base import BatchedDataModule
 from transferlab.data.degradations import Degrade
 from transferlab.data.device_degrade import DeviceDegrade
 from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
-from transferlab.data.images import BadFiles, UnreadableImage, decode_rgb
+from transferlab.data.images import BadFiles, UnreadableImage, decode_rgb, image_files
 from transferlab.utils.errors import UserError
 
 EMBEDDED_PHOTOS = (
@@ -87,13 +87,13 @@ def load_image(source: str) -> torch.Tensor:
     return load_photo(path)
 
 
-def image_files(root: Path) -> list[Path]:
-    """All image files under `root` (recursively), in a stable order."""
+def photo_files(root: Path) -> list[Path]:
+    """All image files under `root` (recursively), in a stable order; at least one."""
     if not root.is_dir():
         raise UserError(f"photo folder {root} does not exist. Point data.root at a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    files = image_files(root)
     if not files:
-        raise UserError(f"{root} holds no image files ({', '.join(IMG_EXTENSIONS)}). Point data.root at photos")
+        raise UserError(f"{root} holds no image files ({', '.join(IMAGE_EXTENSIONS)}). Point data.root at photos")
     return files
 
 
@@ -227,7 +227,7 @@ class PhotoDataModule(BatchedDataModule):
         if self.root is None:
             return list(EMBEDDED_PHOTOS), [embedded_image(name) for name in EMBEDDED_PHOTOS]
         names, photos = [], []
-        for file in image_files(self.root):
+        for file in photo_files(self.root):
             try:
                 photos.append(load_photo(file))
             except UnreadableImage as err:

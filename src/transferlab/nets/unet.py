@@ -10,13 +10,14 @@ resolution; it predicts a residual added to the input.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from transferlab.backbones import build_backbone
+from transferlab.backbones import ImageNetNormalize, build_backbone
 from transferlab.nets.dncnn import zero_last
 from transferlab.utils.errors import UserError
 
@@ -75,3 +76,24 @@ class UNetDecoder(nn.Module):
             y = stage(torch.cat([y, skip], dim=1))
         y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return x[:, : self.out_channels] + self.final(torch.cat([y, x], dim=1))
+
+
+class UNet(nn.Module):
+    """Pretrained encoder (`backbone`: name, weights, layers, kwargs) + `UNetDecoder`; the encoder is the
+    network's `backbone` attribute, which the fine-tune modes freeze. Input: [0, 1] image (+ mask channels)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, backbone: dict[str, Any], width: int, load_weights: bool = True
+    ) -> None:
+        super().__init__()
+        if not backbone:
+            raise UserError("a U-Net needs model.backbone (name, weights, layers) for its encoder")
+        self.layers = list(backbone["layers"])
+        weights = backbone.get("weights") if load_weights else None
+        self.backbone, skips = build_encoder(backbone["name"], weights, self.layers, backbone.get("kwargs"))
+        self.decoder = UNetDecoder(skips, in_channels, out_channels, width)
+        self.normalize = ImageNetNormalize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.normalize(x[:, :3]))
+        return self.decoder(x, [features[layer] for layer in self.layers])

@@ -1,5 +1,10 @@
 """What every transferlab task shares: optimizer/schedule from config, fine-tune freezing, device-side
-input preparation, and checkpoints whose hyper-parameters are plain containers.
+input preparation, epoch logging and image grids, the inference interface `tl-predict` calls, and
+checkpoints whose hyper-parameters are plain containers.
+
+A task subclass writes `shared_step` (the loss of a batch, logging its metrics) and, for `tl-predict`,
+`predictor`; everything else here works for any network. The network's pretrained part (if any) is what
+`pretrained_part` returns: the fine-tune modes freeze exactly that, by switching its gradients off.
 
 Tasks receive their nested configs (`optimizer`, `scheduler`, …) un-instantiated (``_recursive_: false``)
 and store them resolved with `save_hyperparameters`, so a checkpoint holds only dicts, lists and numbers
@@ -10,7 +15,8 @@ from __future__ import annotations
 
 import abc
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -19,13 +25,18 @@ from hydra.utils import instantiate
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
-from transferlab.backbones import IMAGENET_MEAN, IMAGENET_STD
+from transferlab.backbones import ImageNetNormalize
+from transferlab.callbacks import log_image_rows
 from transferlab.finetune import Finetune
 from transferlab.utils.compile import compile_forward
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError, describe
 
+if TYPE_CHECKING:
+    from transferlab.inference import PredictOptions, Predictor
+
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+GRID_SAMPLES = 4  # images per row of the validation grid a task shows
 
 
 def _ddp_without_unused_parameter_search(trainer: pl.Trainer | None) -> bool:
@@ -52,10 +63,10 @@ def fused_if_supported(make_optimizer: Any, device: torch.device) -> dict[str, A
 
 
 class TransferTask(pl.LightningModule, abc.ABC):
-    """Base LightningModule: a pretrained `backbone` (possibly frozen) under task-specific `head` modules.
+    """Base LightningModule: a network with an optional pretrained part (possibly frozen) and new parts.
 
-    Networks trained from scratch (DnCNN, EDSR, TransformerNet) have no `backbone` (it stays ``None``):
-    everything is then a head module at the full learning rate and the fine-tune mode has nothing to freeze.
+    Networks trained from scratch (DnCNN, EDSR, TransformerNet) have no pretrained part (`pretrained_part`
+    returns ``None``): everything trains at the full learning rate and the fine-tune mode has nothing to freeze.
     """
 
     def __init__(
@@ -76,47 +87,51 @@ class TransferTask(pl.LightningModule, abc.ABC):
         self.compile_mode = compile
         self.channels_last = channels_last
         self._channels_last_on: bool | None = None  # decided in configure_model, once the device is known
-        self.backbone: nn.Module | None = None  # subclasses with a pretrained part assign it
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage → loss term → Σ value·batch (device)
         self._loss_counts: dict[str, int] = {}
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.imagenet_normalize = ImageNetNormalize(scale=255)
+        self._grid: tuple[str, list[torch.Tensor]] | None = None
+
+    # -- what subclasses write ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def shared_step(self, batch: Any, stage: str, batch_idx: int) -> torch.Tensor:
+        """Loss of `batch` in `stage` ("train", "val" or "test"), logging the stage's metrics."""
+
+    @abc.abstractmethod
+    def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
+        """What `tl-predict` runs on each file: `prepare` makes a decoded uint8 RGB file into an input exactly as
+        the run's test images were made (its datamodule's `file_transform`)."""
+
+    def pretrained_part(self) -> nn.Module | None:
+        """The pretrained module the fine-tune modes freeze and give their own LR; None when all is new."""
+        return None
 
     # -- hooks subclasses use ----------------------------------------------------------------------
-    def head_modules(self) -> nn.Module:
-        """Everything trained at the full LR (all but the backbone)."""
-        return nn.ModuleList(m for name, m in self.named_children() if name != "backbone")
-
     @property
     def backbone_frozen(self) -> bool:
-        return self.backbone is not None and self.finetune.backbone_frozen(self.current_epoch)
+        return self.pretrained_part() is not None and self.finetune.backbone_frozen(self.current_epoch)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 255] float) images → ImageNet-normalised float, in the memory format the model runs."""
-        out = (images.float() - self.pixel_mean) / self.pixel_std
+        out = self.imagenet_normalize(images)
         channels_last = self._channels_last_on if self._channels_last_on is not None else self._use_channels_last()
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
-    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Run the backbone, without building a graph through it while it is frozen."""
-        if self.backbone_frozen:
-            with torch.no_grad():
-                return self.backbone(images)
-        return self.backbone(images)
+    def show_images(self, stage: str, batch_idx: int, tag: str, columns: list[torch.Tensor]) -> None:
+        """Keep the first validation batch's first images, one column per tensor ([0, 1], same size), to log
+        as one grid under `tag` when validation ends (not during Lightning's sanity check)."""
+        if stage == "val" and batch_idx == 0:
+            self._grid = (tag, [c[:GRID_SAMPLES].detach() for c in columns])
 
-    # -- one step function per task; Lightning's three entry points share it ----------------------
-    @abc.abstractmethod
-    def _shared_step(self, batch: Any, stage: str, batch_idx: int) -> torch.Tensor:
-        """Loss of `batch` in `stage` ("train", "val" or "test"), logging the stage's metrics."""
-
+    # -- Lightning's three entry points share one step function ------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train", batch_idx)
+        return self.shared_step(batch, "train", batch_idx)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val", batch_idx)
+        self.shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test", batch_idx)
+        self.shared_step(batch, "test", batch_idx)
 
     # -- logging without per-step host work --------------------------------------------------------
     # Lightning's `self.log` costs ~1 ms of Python per call, and a value logged with ``prog_bar=True`` is
@@ -143,7 +158,7 @@ class TransferTask(pl.LightningModule, abc.ABC):
         return {}
 
     def end_of_epoch(self, stage: str) -> None:
-        """After the epoch's scalars are logged: figures and image grids (subclasses)."""
+        """After the epoch's scalars are logged: figures (subclasses)."""
 
     def _log_epoch(self, stage: str) -> None:
         sums, count = self._loss_sums.pop(stage, {}), self._loss_counts.pop(stage, 0)
@@ -152,6 +167,11 @@ class TransferTask(pl.LightningModule, abc.ABC):
         if values:  # metrics are synchronised by torchmetrics already, so the cross-rank mean leaves them as they are
             self.log_dict(values, sync_dist=True)
         self.end_of_epoch(stage)
+        if stage == "val" and self._grid is not None:
+            tag, columns = self._grid
+            self._grid = None
+            if not self.trainer.sanity_checking:
+                log_image_rows(self, tag, columns)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -180,9 +200,10 @@ class TransferTask(pl.LightningModule, abc.ABC):
         return self.channels_last
 
     def setup(self, stage: str) -> None:
-        if self.backbone is None:
+        pretrained = self.pretrained_part()
+        if pretrained is None:
             return
-        self.finetune.prepare(self.backbone)
+        self.finetune.prepare(pretrained)
         if stage == "fit" and self.finetune.mode == "gradual" and _ddp_without_unused_parameter_search(self._trainer):
             raise UserError(
                 "finetune.mode=gradual under DDP needs find_unused_parameters (the frozen backbone gets no "
@@ -205,11 +226,14 @@ class TransferTask(pl.LightningModule, abc.ABC):
     def train(self, mode: bool = True) -> TransferTask:
         super().train(mode)
         if mode and self.backbone_frozen:  # frozen BatchNorm keeps its running statistics
-            self.backbone.eval()
+            self.pretrained_part().eval()
         return self
 
     def on_train_epoch_start(self) -> None:
-        self.train(True)  # re-evaluates freezing: gradual unfreezing happens at an epoch boundary
+        pretrained = self.pretrained_part()
+        if pretrained is not None:  # gradual unfreezing happens at an epoch boundary
+            self.finetune.apply(pretrained, self.current_epoch)
+        self.train(True)
         self._start_epoch("train")
 
     def _check_optimizer_config(self) -> None:
@@ -224,9 +248,12 @@ class TransferTask(pl.LightningModule, abc.ABC):
             ) from err
 
     def _make_optimizer(self, params: Any, total_steps: int) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
-        """The configured optimizer over `params`, and its LR-scheduler entry for Lightning (or None)."""
+        """The configured optimizer over `params` (groups may carry an ``lr_scale``: their LR is the configured one
+        times it), and its LR-scheduler entry for Lightning (or None)."""
         make_optimizer = instantiate(self.optimizer_cfg)
         optimizer = make_optimizer(params, **fused_if_supported(make_optimizer, self.device))
+        for group in optimizer.param_groups:  # before any scheduler records the initial LRs
+            group["lr"] *= group.get("lr_scale", 1.0)
         if not self.scheduler_cfg:
             return optimizer, None
         make_scheduler = instantiate(self.scheduler_cfg)
@@ -235,9 +262,10 @@ class TransferTask(pl.LightningModule, abc.ABC):
         return optimizer, {"scheduler": make_scheduler(optimizer), "interval": "epoch"}
 
     def configure_optimizers(self) -> Any:
-        lr = self.optimizer_cfg.get("lr", 1e-3)
-        backbone = self.backbone if self.backbone is not None else nn.ModuleList()
-        groups = self.finetune.param_groups(backbone, self.head_modules(), lr)
+        pretrained = self.pretrained_part()
+        backbone = list(pretrained.parameters()) if pretrained is not None else []
+        in_backbone = {id(p) for p in backbone}
+        groups = self.finetune.param_groups(backbone, [p for p in self.parameters() if id(p) not in in_backbone])
         total_steps = int(self.trainer.estimated_stepping_batches) if self.scheduler_cfg else 0
         optimizer, scheduler = self._make_optimizer(groups, total_steps)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torchvision.transforms import v2
 
 from transferlab.backbones import build_backbone
 from transferlab.callbacks import log_figure
+from transferlab.inference import ClassTable, PredictOptions, Predictor
 from transferlab.tasks.base import TransferTask
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError
@@ -80,13 +82,20 @@ class ClassificationTask(TransferTask):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 (or 0–255 float) images."""
-        return self.head(self.backbone_features(self.normalize(images)))
+        return self.head(self.backbone(self.normalize(images)))
+
+    def pretrained_part(self) -> nn.Module:
+        return self.backbone
+
+    def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
+        """Class probabilities per file, of files prepared as the test images were."""
+        return ClassTable(self, prepare, self.class_names, options, self.device)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class indices or, after MixUp/CutMix, class probabilities), with label smoothing."""
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
+    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         if stage == "train" and self.batch_mix is not None:
             images, soft_targets = self.batch_mix(images.float(), targets)  # mixing is linear: 0-255 is fine

@@ -1,12 +1,12 @@
 """Image restoration: denoising, deblurring, JPEG removal, super-resolution and inpainting.
 
 Batches come from `PhotoDataModule` with a degradation pipeline: ``{"degraded", "clean", "mask"}`` uint8.
-Three networks (``net.arch``):
-
-* ``dncnn`` — DnCNN from scratch (residual noise prediction);
-* ``unet`` — U-Net whose encoder is a pretrained torchvision backbone (`model.backbone`): the transfer case,
-  frozen or fine-tuned by the same `finetune` modes as classification; with a mask channel it inpaints;
-* ``edsr`` — EDSR super-resolution (×2/×3/×4, from the degradations' `Downscale`).
+The network is ``model.net`` (a ``_target_``, `transferlab.nets.build_network`); it gets ``in_channels`` (3, +1
+with a mask), ``out_channels`` (3), the data's up-scale factor ``scale`` and ``model.backbone`` when it declares
+them. Shipped: DnCNN from scratch (model=denoise); a U-Net whose encoder is a pretrained backbone
+(model=restore_unet: the transfer case, frozen or fine-tuned by the same `finetune` modes as
+classification; with a mask channel it inpaints); EDSR super-resolution (model=super_resolution, ×2/×3/×4
+from the degradations' `Downscale`).
 
 Metrics (torchmetrics), per stage ``val``/``test``: ``psnr`` and ``ssim`` of the restored image,
 ``psnr_input`` of the degraded input itself (bicubic up-scaled for SR) as the baseline to beat, and for
@@ -17,6 +17,7 @@ scaled to [0, `data_range`], on ``rgb`` or on the BT.601 luma ``y`` (as SR paper
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,19 +26,14 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from transferlab.callbacks import log_image_rows
+from transferlab.inference import ImageFiles, PredictOptions, Predictor, read_mask
 from transferlab.losses import PerceptualLoss, pixel_loss
-from transferlab.nets.dncnn import DnCNN
-from transferlab.nets.edsr import EDSR
-from transferlab.nets.unet import UNetDecoder, build_encoder
+from transferlab.nets import build_network, network_class, takes
 from transferlab.tasks.base import TransferTask
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError
 
-ARCHS = ("dncnn", "unet", "edsr")
 CHANNELS = ("rgb", "y")
-DEFAULT_LAYERS = ("relu", "layer1", "layer2", "layer3")
-GRID_SAMPLES = 4
 
 
 def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
@@ -53,12 +49,12 @@ class RestorationTask(TransferTask):
         self,
         net: dict[str, Any],
         optimizer: dict[str, Any],
+        loss: str,
+        perceptual: dict[str, Any],
+        metrics: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
         backbone: dict[str, Any] | None = None,
-        loss: str = "l1",
-        perceptual: dict[str, Any] | None = None,
-        metrics: dict[str, Any] | None = None,
         scale: int = 1,
         mask_channel: bool = False,
         compile: str | None = None,
@@ -71,47 +67,43 @@ class RestorationTask(TransferTask):
         super().__init__(optimizer, scheduler, finetune, compile, channels_last)
         self.save_hyperparameters(ignore=["load_source_weights"], logger=False)
         self.scale, self.mask_channel = scale, mask_channel
-        self.build_network(dict(net), backbone, load_source_weights)
+        self.net = self.build_network(net, backbone, load_source_weights)
         self.pixel_loss = pixel_loss(loss)
-        perceptual = dict(perceptual or {})
-        self.perceptual_weight = float(perceptual.pop("weight", 0.0))
+        perceptual = dict(perceptual)
+        self.perceptual_weight = float(perceptual.pop("weight"))
         if self.perceptual_weight > 0:
             if not load_source_weights:  # reloading: the checkpoint holds the loss network's weights
                 perceptual["weights"] = None
             self.perceptual = PerceptualLoss(**perceptual)
-        self.metric_cfg = self.check_metrics(metrics or {})
+        self.metric_cfg = self.check_metrics(metrics)
         self.quality = nn.ModuleDict({stage: self.quality_metrics() for stage in ("val", "test")})
-        self._grid: list[torch.Tensor] | None = None
 
     # -- construction ------------------------------------------------------------------------------
-    def build_network(self, net: dict[str, Any], backbone: dict[str, Any] | None, load_source_weights: bool) -> None:
-        arch = net.pop("arch", None)
-        if arch not in ARCHS:
-            raise UserError(f"model.net.arch must be one of {', '.join(ARCHS)}, got '{arch}'")
-        if arch != "edsr" and self.scale != 1:
+    def build_network(self, net: dict[str, Any], backbone: dict[str, Any] | None, load_weights: bool) -> nn.Module:
+        """``model.net`` with what the data says (channels, scale) and ``model.backbone`` for networks built on one."""
+        cls = network_class(net, "model.net")
+        if self.scale != 1 and not takes(cls, "scale"):
             raise UserError(
-                f"the data down-scale x{self.scale} but model.net.arch={arch} restores at the input size. "
+                f"the data down-scale x{self.scale} but model.net ({cls.__name__}) restores at the input size. "
                 "Use model=super_resolution (EDSR) for super-resolution"
             )
-        in_channels = 3 + int(self.mask_channel)
-        if arch == "unet":
-            if not backbone:
-                raise UserError("model.net.arch=unet needs model.backbone (name, weights, layers)")
-            source = backbone.get("weights") if load_source_weights else None
-            self.layers = list(backbone.get("layers") or DEFAULT_LAYERS)
-            self.backbone, skips = build_encoder(backbone["name"], source, self.layers, backbone.get("kwargs"))
-            self.decoder = UNetDecoder(skips, in_channels, 3, **net)
-        elif arch == "dncnn":
-            self.net = DnCNN(in_channels, 3, **net)
-        else:
-            self.net = EDSR(in_channels, 3, self.scale, **net)
+        if backbone and not takes(cls, "backbone"):
+            raise UserError(f"model.backbone is set but model.net ({cls.__name__}) builds on no backbone. Remove it")
+        context = {"in_channels": 3 + int(self.mask_channel), "out_channels": 3, "scale": self.scale}
+        return build_network(net, "model.net", **context, backbone=backbone, load_weights=load_weights)
+
+    def pretrained_part(self) -> nn.Module | None:
+        return getattr(self.net, "backbone", None)
 
     @staticmethod
     def check_metrics(cfg: dict[str, Any]) -> dict[str, Any]:
-        out = {"data_range": 1.0, "channel": "rgb", "crop_border": 0, **cfg}
-        unknown = set(out) - {"data_range", "channel", "crop_border"}
+        keys = {"data_range", "channel", "crop_border"}
+        unknown, missing = set(cfg) - keys, keys - set(cfg)
         if unknown:
             raise UserError(f"unknown model.metrics keys {sorted(unknown)}; use data_range, channel, crop_border")
+        if missing:
+            raise UserError(f"model.metrics lacks {sorted(missing)}: set each of data_range, channel, crop_border")
+        out = dict(cfg)
         if out["channel"] not in CHANNELS:
             raise UserError(f"model.metrics.channel must be 'rgb' or 'y', got '{out['channel']}'")
         if out["data_range"] <= 0 or out["crop_border"] < 0:
@@ -138,18 +130,22 @@ class RestorationTask(TransferTask):
             if mask is None:
                 raise UserError("this inpainting model needs a mask of the missing region (white = missing)")
             x = torch.cat([images, mask.to(images.dtype)], dim=1)
-        if self.backbone is not None:
-            features = self.backbone_features(self.normalize(images * 255))
-            return self.decoder(x, [features[layer] for layer in self.layers])
         return self.net(x)
 
     def restore(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Inference on [0, 1] images: the restored image clamped to [0, 1] (what `tl-predict` writes)."""
         return self(images, mask).clamp(0, 1)
 
-    @property
-    def output_scale(self) -> int:
-        return self.scale
+    def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
+        """One restored PNG per file (`scale` times its size); an inpainting model reads `options.mask`."""
+        if options.style is not None:
+            raise UserError("style= is for AdaIN style-transfer models; this checkpoint is a restoration model")
+        mask = None
+        if self.mask_channel:
+            if options.mask is None:
+                raise UserError("this is an inpainting model: pass mask=<image file, white = missing>")
+            mask = read_mask(options.mask, self.device)
+        return ImageFiles(self.restore, prepare, options, self.device, scale=self.scale, mask=mask)
 
     # -- metrics -----------------------------------------------------------------------------------
     def for_metric(self, images: torch.Tensor) -> torch.Tensor:
@@ -168,7 +164,7 @@ class RestorationTask(TransferTask):
         return F.interpolate(degraded, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
 
     # -- steps -------------------------------------------------------------------------------------
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
+    def shared_step(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         degraded = batch["degraded"].float() / 255
         clean = batch["clean"].float() / 255
         mask = batch["mask"].float()
@@ -181,8 +177,9 @@ class RestorationTask(TransferTask):
         self.log_losses(stage, {"loss": loss, **extra}, len(clean))
         if stage in self.quality:
             self.update_quality(stage, degraded, restored.detach().clamp(0, 1), clean, mask)
-            if stage == "val" and batch_idx == 0:
-                self._grid = [degraded[:GRID_SAMPLES], restored[:GRID_SAMPLES].detach(), clean[:GRID_SAMPLES]]
+        if stage == "val" and batch_idx == 0:  # SR inputs shown blocky, at the output size
+            shown = F.interpolate(degraded, size=clean.shape[-2:], mode="nearest")
+            self.show_images(stage, batch_idx, "val/degraded_restored_clean", [shown, restored, clean])
         return loss
 
     def update_quality(
@@ -206,11 +203,3 @@ class RestorationTask(TransferTask):
         values = {f"{stage}/{name}": m.compute() for name, m in metrics.items() if m.update_called}
         metrics.reset()
         return values
-
-    def end_of_epoch(self, stage: str) -> None:
-        if stage != "val" or self._grid is None or self.trainer.sanity_checking:
-            return
-        degraded, restored, clean = self._grid
-        degraded = F.interpolate(degraded, size=clean.shape[-2:], mode="nearest")  # SR inputs shown blocky
-        log_image_rows(self, "val/degraded_restored_clean", [degraded, restored, clean])
-        self._grid = None

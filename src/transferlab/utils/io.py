@@ -1,14 +1,17 @@
-"""File writes that readers see whole or not at all (a crash, a kill or a full disk leaves no half file)."""
+"""File writes that readers see whole or not at all (a crash, a kill or a full disk leaves no half file).
+
+The one home of transferlab's file writes; image decoding and image-file listing live in `data.images`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-METRICS_FILE = "metrics.json"  # a run's results, written last (atomically): its presence marks the run finished
+from typing import Any
 
 
 @contextmanager
@@ -23,3 +26,14 @@ def atomic_file(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Readers see the whole file or none."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """JSON that readers see either whole or not at all."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())

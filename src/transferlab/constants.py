@@ -1,0 +1,18 @@
+"""Values several layers read: one home each, and nothing heavy imported (the torch-free CLI and `tl-report`
+read them too)."""
+
+from __future__ import annotations
+
+# Input normalisation of every ImageNet-pretrained network torchvision and timm ship (RGB, [0, 1] scale).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What a run directory holds.
+METRICS_FILE = "metrics.json"  # a run's results, written last (atomically): its presence marks the run finished
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"
+PREDICTIONS_FILE = "predictions.csv"  # tl-predict's output for classifiers
+
+# Image files every reader accepts (torchvision's ImageFolder list, so folders read the same everywhere).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
