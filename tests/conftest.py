@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -17,9 +18,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hypothesis import Phase, settings
 from hypothesis.configuration import set_hypothesis_home_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferlab.utils.config import config_dir
+from transferlab.utils.config import config_dir, flatten
 
 # TL_TEST_THREADS=1 for mutation testing: mutmut forks each worker from a process that already ran tests,
 # and an OpenMP thread pool does not survive a fork (the worker hangs).
@@ -36,19 +37,31 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "transferlab"))
 
-# Small, fast and deterministic: 20 px-per-class shapes, a tiny batch, one device, no workers.
-TINY = [
-    "data.train_size=60",
-    "data.test_size=20",
-    "data.batch_size=8",
-    "data.image_size=32",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "model.backbone.name=mobilenet_v3_small",
-    "model.backbone.weights=null",
-]
+
+def preset_overrides(preset: Path) -> list[str]:
+    """A config preset's values as command-line overrides (``debug/tiny.yaml`` → ``data.train_size=60``, …)."""
+    values = flatten(OmegaConf.to_container(OmegaConf.load(preset)))
+
+    def spelled(value: object) -> str:
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{key}={spelled(value)}" for key, value in values.items() if key != "task_name"]
+
+
+def data_settings(name: str) -> dict[str, Any]:
+    """The literal settings of ``conf/data/<name>.yaml`` (no group defaults, no interpolated values): what a test
+    constructing a datamodule directly starts from, so sizes and fractions are stated in the YAML only."""
+    values = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / f"{name}.yaml"), resolve=False)
+    return {k: v for k, v in values.items() if k not in ("_target_", "defaults") and "${" not in str(v)}
+
+
+def make_data(cls: type, preset: str, **overrides: Any) -> Any:
+    """`cls` (a datamodule class) with the preset's settings and `overrides`."""
+    return cls(**{**data_settings(preset), **overrides})
+
+
+# Small, fast and deterministic: debug=tiny's settings, as overrides that later ones may refine.
+TINY = preset_overrides(config_dir() / "debug" / "tiny.yaml")
 
 # The embedded photos as a handful of 32 px patches, for image-to-image tasks (style transfer, predict).
 TINY_PHOTOS = [

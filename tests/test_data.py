@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torchvision.transforms import v2
 
+from conftest import make_data
 from transferlab.data.base import few_shot, split_train_val
 from transferlab.data.cifar import CIFARDataModule
 from transferlab.data.imagefolder import ImageFolderDataModule
@@ -47,7 +48,7 @@ def write_cifar(root: Path, variant: int = 10, per_batch: int = 20) -> np.ndarra
 @pytest.mark.parametrize("variant", [10, 100])
 def test_cifar_reads_official_pickle_batches(tmp_path: Path, variant: int) -> None:
     test_data = write_cifar(tmp_path, variant, per_batch=200 if variant == 100 else 20)
-    dm = CIFARDataModule(root=str(tmp_path), variant=variant, batch_size=4, val_fraction=0.2)
+    dm = make_data(CIFARDataModule, "cifar10", root=str(tmp_path), variant=variant, batch_size=4, val_fraction=0.2)
     args = dm.task_args()
     assert args["num_classes"] == variant and len(args["class_names"]) == variant
     train_batches = 5 if variant == 10 else 1
@@ -61,13 +62,13 @@ def test_cifar_reads_official_pickle_batches(tmp_path: Path, variant: int) -> No
 
 def test_cifar_resizes_once_to_image_size(tmp_path: Path) -> None:
     write_cifar(tmp_path)
-    dm = CIFARDataModule(root=str(tmp_path), image_size=48, batch_size=4, augment=None)
+    dm = make_data(CIFARDataModule, "cifar10", root=str(tmp_path), image_size=48, batch_size=4, augment=None)
     dm.setup("fit")
     assert dm._splits["test"][0][0].shape == (3, 48, 48)
 
 
 def test_missing_cifar_says_where_to_put_it(tmp_path: Path) -> None:
-    dm = CIFARDataModule(root=str(tmp_path / "nowhere"))
+    dm = make_data(CIFARDataModule, "cifar10", root=str(tmp_path / "nowhere"))
     with pytest.raises(
         UserError, match=r"expected the python batches in .*cifar-10-batches-py.*cifar-10-python.tar.gz"
     ):
@@ -94,7 +95,15 @@ def write_imagefolder(root: Path) -> None:
 def test_imagefolder_reads_jpegs_of_any_mode(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
     augment = v2.Compose([v2.RandomResizedCrop(24), v2.RandomHorizontalFlip()])
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=24, batch_size=4, val_fraction=0.25, augment=augment)
+    dm = make_data(
+        ImageFolderDataModule,
+        "imagefolder",
+        root=str(tmp_path),
+        image_size=24,
+        batch_size=4,
+        val_fraction=0.25,
+        augment=augment,
+    )
     assert dm.task_args() == {"num_classes": 2, "class_names": ["cat", "dog"]}
     for split in ("train", "val", "test"):
         for i in range(len(dm._splits[split])):
@@ -105,7 +114,14 @@ def test_imagefolder_reads_jpegs_of_any_mode(tmp_path: Path) -> None:
 
 def test_imagefolder_preset_without_resize_still_batches(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=4, augment=v2.RandomHorizontalFlip())
+    dm = make_data(
+        ImageFolderDataModule,
+        "imagefolder",
+        root=str(tmp_path),
+        image_size=16,
+        batch_size=4,
+        augment=v2.RandomHorizontalFlip(),
+    )
     dm.setup("fit")
     assert {dm._splits["train"][i][0].shape for i in range(len(dm._splits["train"]))} == {(3, 16, 16)}
 
@@ -115,7 +131,15 @@ def test_corrupt_image_is_skipped_or_names_the_file(tmp_path: Path, policy: str,
     write_imagefolder(tmp_path)
     bad = tmp_path / "train" / "dog" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.1, on_bad_file=policy)
+    dm = make_data(
+        ImageFolderDataModule,
+        "imagefolder",
+        root=str(tmp_path),
+        image_size=16,
+        batch_size=4,
+        val_fraction=0.1,
+        on_bad_file=policy,
+    )
     dm.setup("fit")
     dataset = dm._splits["train"].dataset.dataset
     index = [Path(p).name for p, _ in dataset.samples].index("broken.jpg")
@@ -132,11 +156,11 @@ def test_corrupt_image_is_skipped_or_names_the_file(tmp_path: Path, policy: str,
 
 def test_imagefolder_missing_or_empty(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"image folder .*train does not exist"):
-        ImageFolderDataModule(root=str(tmp_path)).setup("fit")
+        make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16).setup("fit")
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(UserError, match="no images in"):
-        ImageFolderDataModule(root=str(tmp_path)).setup("fit")
+        make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16).setup("fit")
 
 
 def test_shapes_is_seeded_balanced_and_sized() -> None:
@@ -149,7 +173,7 @@ def test_shapes_is_seeded_balanced_and_sized() -> None:
 
 
 def test_shapes_train_and_test_never_share_images() -> None:
-    dm = ShapesDataModule(train_size=40, test_size=20, batch_size=4, augment=None)
+    dm = make_data(ShapesDataModule, "shapes", train_size=40, test_size=20, batch_size=4, augment=None)
     dm.setup("fit")
     train = dm._splits["train"].dataset.dataset.images.flatten(1)
     test = dm._splits["test"].dataset.images.flatten(1)
@@ -159,7 +183,9 @@ def test_shapes_train_and_test_never_share_images() -> None:
 def test_shapes_export_is_a_working_imagefolder(tmp_path: Path) -> None:
     export_imagefolder(tmp_path, image_size=32, train_per_class=3, val_per_class=1)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(CLASSES)
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=32, batch_size=4, val_fraction=0.2)
+    dm = make_data(
+        ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=32, batch_size=4, val_fraction=0.2
+    )
     assert dm.task_args()["class_names"] == sorted(CLASSES)
     assert len(dm._splits["test"]) == 10
 
@@ -184,7 +210,7 @@ def test_few_shot_keeps_k_per_class_same_for_same_seed() -> None:
 
 
 def test_global_batch_is_split_per_device() -> None:
-    dm = ShapesDataModule(train_size=40, test_size=20, batch_size=8)
+    dm = make_data(ShapesDataModule, "shapes", train_size=40, test_size=20, batch_size=8)
     dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
     assert dm.per_device_batch_size() == 8
 
@@ -207,7 +233,7 @@ def test_cifar_download_offline_is_a_clear_error(tmp_path: Path, monkeypatch) ->
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(cifar_module, "download_and_extract_archive", no_network)
-    dm = CIFARDataModule(root=str(tmp_path), download=True)
+    dm = make_data(CIFARDataModule, "cifar10", root=str(tmp_path), download=True)
     with pytest.raises(UserError, match=r"could not download cifar-10-python.tar.gz.*set data.download=false"):
         dm.prepare_data()
 
@@ -261,7 +287,7 @@ def test_cifar_batch_is_read_as_data_only(tmp_path: Path, payload, message: str)
     canary = tmp_path / "canary"
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
         pickle.dump(payload(canary), f, protocol=2)
-    dm = CIFARDataModule(root=str(tmp_path), batch_size=4)
+    dm = make_data(CIFARDataModule, "cifar10", root=str(tmp_path), batch_size=4)
     with pytest.raises(UserError, match=message) as raised:
         dm.setup("fit")
     assert "data_batch_3" in str(raised.value) and not canary.exists()
@@ -318,12 +344,12 @@ def test_imagefolder_cache_errors_are_one_line(tmp_path: Path) -> None:
     from transferlab.data.imagefolder import cache_path, write_cache
 
     write_imagefolder(tmp_path)
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, cache=32)
+    dm = make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16, cache=32)
     with pytest.raises(UserError, match=r"no 32 px cache at .*python -m transferlab.data.imagefolder .* --size 32"):
         dm.setup("fit")
     torch.save({"format": "something else"}, cache_path(tmp_path, 32))
     with pytest.raises(UserError, match="is not a transferlab 32 px image-folder cache"):
-        ImageFolderDataModule(root=str(tmp_path), image_size=16, cache=32).setup("fit")
+        make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16, cache=32).setup("fit")
     (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     cache_path(tmp_path, 32).unlink()
     with pytest.raises(UserError, match="broken.jpg"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_PHOTOS, run_cli
+from conftest import TINY_PHOTOS, make_data, run_cli
 from transferlab.data.photos import PhotoDataModule
 
 COMPARE = Path(__file__).resolve().parents[1] / "experiments" / "denoising" / "compare.py"
@@ -59,7 +59,7 @@ def test_compare_scores_every_held_out_photo_at_sigma_25(tiny_denoiser: Path, tm
     assert text in result.stdout  # printed and written alike
     assert not list(out.parent.glob(".*.tmp"))  # written atomically: no temporary file left behind
     rows = table_rows(text)
-    datamodule = PhotoDataModule()  # the tiny run kept the default split: the same test photos
+    datamodule = make_data(PhotoDataModule, "photos")  # the tiny run kept the default split: the same test photos
     datamodule.setup()
     assert list(rows) == [*datamodule.photo_names["test"], "mean"] and len(rows) >= 3
     for name, scores in rows.items():

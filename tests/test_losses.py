@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 from torch import nn
 
 from transferlab.losses import (
@@ -23,6 +24,7 @@ from transferlab.losses import (
     total_variation,
     vgg_layer_names,
 )
+from transferlab.utils.config import config_dir
 from transferlab.utils.errors import UserError
 
 
@@ -207,13 +209,15 @@ def test_style_loss_shares_a_single_target_gram_and_sums_layers() -> None:
 
 
 # -- configuration the loss network and the perceptual loss take --------------------------------------------
-def test_loss_network_and_perceptual_loss_defaults() -> None:
-    """VGG-16 at relu2_2 (Johnson et al.), weight 1, ImageNet statistics as non-persistent buffers."""
-    net = LossNetwork()
+def test_loss_network_and_perceptual_loss_as_shipped() -> None:
+    """The shipped perceptual settings (model/base/restoration.yaml): VGG-16 at relu2_2 (Johnson et al.),
+    weight 1, ImageNet statistics as non-persistent buffers."""
+    shipped = OmegaConf.load(config_dir() / "model" / "base" / "restoration.yaml").model.perceptual
+    net = LossNetwork(shipped.network, shipped.weights, shipped.layers)
     assert net.layers == ["relu2_2"] and net(torch.rand(1, 3, 16, 16))["relu2_2"].shape == (1, 128, 8, 8)
     assert len([m for m in net.body.modules() if isinstance(m, nn.Conv2d)]) == 4  # VGG's first two blocks
-    assert not {"mean", "std"} & set(net.state_dict())  # constants, not weights: never in a checkpoint
-    loss = PerceptualLoss()
+    assert not any(key.startswith("normalize.") for key in net.state_dict())  # constants: never in a checkpoint
+    loss = PerceptualLoss(shipped.network, shipped.weights, shipped.layers)
     assert loss.net.layers == ["relu2_2"] and loss.layer_weights == {"relu2_2": 1.0}
     pred, target = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     expected = F.mse_loss(loss.net(pred)["relu2_2"], loss.net(target)["relu2_2"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +211,12 @@ def test_predict_prepares_files_as_evaluation_does(tmp_path: Path) -> None:
     from transferlab.trust import open_checkpoint
 
     write_imagefolder(tmp_path / "images")  # 40–41 × 50 px photos, trained at 32 px
-    folder = [*TINY[4:], "data=imagefolder", f"data.root={tmp_path / 'images'}", "data.image_size=32"]
+    folder = [
+        *(o for o in TINY if not o.startswith("data.")),
+        "data=imagefolder",
+        f"data.root={tmp_path / 'images'}",
+        "data.image_size=32",
+    ]
     ckpt = train(tmp_path / "run", *folder, "data.batch_size=4", "data.num_workers=0", "logger=none")
     result = run_cli(
         "tl-predict", f"ckpt_path={ckpt}", f"input={tmp_path / 'images' / 'val'}", "output=out", "top_k=2", cwd=tmp_path
@@ -232,3 +238,10 @@ def test_predict_prepares_files_as_evaluation_does(tmp_path: Path) -> None:
         row = rows[str(Path(path).relative_to(tmp_path / "images" / "val"))]
         assert row[1] == task.class_names[int(probs.argmax())]
         assert abs(float(row[2]) - float(probs.max())) < 1e-5
+
+    # ...so the accuracy of tl-predict's answers over the test split is exactly tl-eval's test accuracy.
+    result = run_cli("tl-eval", f"ckpt_path={ckpt}", "hydra.run.dir=eval", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["test/acc"]
+    right = [row[1] == Path(name).parent.name for name, row in rows.items()]
+    assert sum(right) / len(right) == pytest.approx(evaluated, abs=1e-6)

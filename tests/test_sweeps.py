@@ -20,7 +20,7 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from conftest import run_cli, start_cli
+from conftest import make_data, run_cli, start_cli
 from transferlab.data.shapes import ShapesDataModule
 from transferlab.report import report
 from transferlab.runner import build_trainer
@@ -86,7 +86,9 @@ def test_few_shot_subset_depends_on_split_seed_only() -> None:
 
     def train_indices(split_seed: int, global_seed: int) -> list[int]:
         torch.manual_seed(global_seed)  # what `seed=` does to the global RNGs
-        data = ShapesDataModule(train_size=200, test_size=20, examples_per_class=3, split_seed=split_seed)
+        data = make_data(
+            ShapesDataModule, "shapes", train_size=200, test_size=20, examples_per_class=3, split_seed=split_seed
+        )
         data.setup("fit")
         subset = data._splits["train"].dataset
         assert len(subset) == 3 * data.num_classes

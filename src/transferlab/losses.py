@@ -73,7 +73,7 @@ def mean_std(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, t
 class LossNetwork(nn.Module):
     """A frozen backbone returning activations of named layers for [0, 1] RGB images."""
 
-    def __init__(self, name: str = "vgg16", weights: str | None = None, layers: Sequence[str] = ("relu2_2",)) -> None:
+    def __init__(self, name: str, weights: str | None, layers: Sequence[str]) -> None:
         super().__init__()
         if not layers:
             raise UserError("the loss network needs at least one layer name, e.g. [relu2_2]")
@@ -128,7 +128,7 @@ def style_loss(
 class PerceptualLoss(nn.Module):
     """Feature loss on a frozen loss network, ready to add to a pixel loss (e.g. for restoration)."""
 
-    def __init__(self, network: str = "vgg16", weights: str | None = None, layers: Sequence[str] = ("relu2_2",)):
+    def __init__(self, network: str, weights: str | None, layers: Sequence[str]) -> None:
         super().__init__()
         self.net = LossNetwork(network, weights, layers)
         self.layer_weights = {layer: 1.0 for layer in self.net.layers}

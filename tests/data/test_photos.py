@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from conftest import make_data
 from transferlab.data.degradations import Degrade, Downscale, GaussianNoise
 from transferlab.data.photos import (
     EMBEDDED_PHOTOS,
@@ -55,17 +56,23 @@ def test_split_is_seeded_disjoint_and_covers_every_photo() -> None:
     assert first != split_by_image(20, 0.2, 0.15, seed=4, source="x")
     assert [len(first[s]) for s in ("train", "val", "test")] == [13, 4, 3]
     assert sorted(first["train"] + first["val"] + first["test"]) == list(range(20))
-    again = PhotoDataModule(patch_size=16, split_seed=1), PhotoDataModule(patch_size=16, split_seed=1)
+    again = (
+        make_data(PhotoDataModule, "photos", patch_size=16, split_seed=1),
+        make_data(PhotoDataModule, "photos", patch_size=16, split_seed=1),
+    )
     for datamodule in again:
         datamodule.setup()
     assert again[0].photo_names == again[1].photo_names
-    default = PhotoDataModule(patch_size=16)
+    default = make_data(PhotoDataModule, "photos", patch_size=16)
     default.setup()
     assert default.photo_names != again[0].photo_names  # the seed, not the photo order, picks the split
 
 
 def test_validation_patches_are_fixed_and_training_patches_vary() -> None:
-    first, second = PhotoDataModule(patch_size=16), PhotoDataModule(patch_size=16)
+    first, second = (
+        make_data(PhotoDataModule, "photos", patch_size=16),
+        make_data(PhotoDataModule, "photos", patch_size=16),
+    )
     first.setup(), second.setup()
     assert torch.equal(first._splits["val"][3]["clean"], second._splits["val"][3]["clean"])
     assert not torch.equal(first._splits["val"][3]["clean"], first._splits["test"][3]["clean"])
@@ -76,7 +83,7 @@ def test_validation_patches_are_fixed_and_training_patches_vary() -> None:
 
 def test_degraded_samples_and_task_args() -> None:
     degrade = Degrade([Downscale(2), GaussianNoise(10)])
-    datamodule = PhotoDataModule(patch_size=32, degrade=degrade, val_patches=2, batch_size=2)
+    datamodule = make_data(PhotoDataModule, "photos", patch_size=32, degrade=degrade, val_patches=2, batch_size=2)
     datamodule.setup()
     sample = datamodule._splits["val"][0]
     assert sample["degraded"].shape == (3, 16, 16) and sample["clean"].shape == (3, 32, 32)
@@ -84,7 +91,7 @@ def test_degraded_samples_and_task_args() -> None:
     assert datamodule.task_args() == {"scale": 2, "mask_channel": False}
     assert torch.equal(datamodule._splits["val"][0]["degraded"], sample["degraded"])  # seeded per index
     with pytest.raises(UserError, match="not divisible by the x2 down-scaling"):
-        PhotoDataModule(patch_size=33, degrade=degrade)
+        make_data(PhotoDataModule, "photos", patch_size=33, degrade=degrade)
 
 
 def write_images(folder: Path) -> None:
@@ -100,7 +107,9 @@ def write_images(folder: Path) -> None:
 
 def test_folder_source_handles_any_size_and_mode(tmp_path: Path) -> None:
     write_images(tmp_path / "mine")
-    datamodule = PhotoDataModule(root=str(tmp_path / "mine"), patch_size=24, val_fraction=0.34, val_patches=3)
+    datamodule = make_data(
+        PhotoDataModule, "photos", root=str(tmp_path / "mine"), patch_size=24, val_fraction=0.34, val_patches=3
+    )
     datamodule.setup()
     names = datamodule.photo_names
     assert sorted(names["train"] + names["val"] + names["test"]) == ["grey.jpg", "rgb.png", "sub/alpha.png"]
@@ -116,7 +125,7 @@ def test_folder_source_handles_any_size_and_mode(tmp_path: Path) -> None:
 
 def test_bad_sources_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
-        PhotoDataModule(root=str(tmp_path / "nope")).setup()
+        make_data(PhotoDataModule, "photos", root=str(tmp_path / "nope")).setup()
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match="cannot read image .*broken.png"):
         load_photo(tmp_path / "broken.png")
@@ -131,17 +140,17 @@ def test_too_few_photos_for_three_splits_is_a_one_line_user_error(tmp_path: Path
     for index in range(2):
         write_coloured(folder / f"{index}.png", 10 + 50 * index)
     with pytest.raises(UserError, match="has 2 distinct photo.*too few .*Add photos") as err:
-        PhotoDataModule(root=str(folder)).setup()
+        make_data(PhotoDataModule, "photos", root=str(folder)).setup()
     assert "\n" not in str(err.value)
     write_coloured(folder / "2.png", 200)  # three photos are enough at the default fractions...
-    PhotoDataModule(root=str(folder)).setup()
+    make_data(PhotoDataModule, "photos", root=str(folder)).setup()
     with pytest.raises(UserError, match="or lower the fractions"):  # ...but not when they leave none for training
-        PhotoDataModule(root=str(folder), val_fraction=0.5, test_fraction=0.4).setup()
+        make_data(PhotoDataModule, "photos", root=str(folder), val_fraction=0.5, test_fraction=0.4).setup()
     with pytest.raises(UserError, match=r"data.test_fraction must be in \(0, 1\), got 0"):
-        PhotoDataModule(root=str(folder), test_fraction=0).setup()
+        make_data(PhotoDataModule, "photos", root=str(folder), test_fraction=0).setup()
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no image files"):
-        PhotoDataModule(root=str(tmp_path / "empty")).setup()
+        make_data(PhotoDataModule, "photos", root=str(tmp_path / "empty")).setup()
 
 
 def write_coloured(path: Path, value: int, size: tuple[int, int] = (20, 26)) -> None:
@@ -172,7 +181,9 @@ def values_seen(batches) -> set[int]:
 
 @pytest.mark.parametrize("on_gpu", [False, True], ids=["dataloader", "device_resident"])
 def test_each_loader_draws_only_from_its_own_photos(coloured_folder: Path, on_gpu: bool) -> None:
-    datamodule = PhotoDataModule(
+    datamodule = make_data(
+        PhotoDataModule,
+        "photos",
         root=str(coloured_folder),
         patch_size=8,
         train_patches=64,

@@ -131,7 +131,7 @@ class TaggedData(ClassificationDataModule):
     """In-memory images whose pixels carry their identity: value = split tag · 100 + index (train < 100)."""
 
     def __init__(self, per_class: int = 12, **kwargs) -> None:
-        super().__init__(**{"batch_size": 4, "augment": None, **kwargs})
+        super().__init__(**{"batch_size": 4, "image_size": 2, "val_fraction": 0.1, "augment": None, **kwargs})
         self.per_class = per_class
 
     def load_split(self, split: str) -> TensorImageDataset:
@@ -178,9 +178,12 @@ def test_datamodule_rejects_nonpositive_examples_per_class() -> None:
 
 
 def test_datamodule_defaults() -> None:
-    """The documented defaults: 10 % validation with split seed 0, all training images, batch 64."""
+    """Sizes and fractions come from the data config (required here); the rest defaults to off: split seed 0,
+    all training images, no workers, no augmentation, automatic device placement."""
     dm = TaggedData.__new__(TaggedData)
-    ClassificationDataModule.__init__(dm)
+    with pytest.raises(TypeError, match="batch_size', 'image_size', and 'val_fraction'"):
+        ClassificationDataModule.__init__(dm)
+    ClassificationDataModule.__init__(dm, batch_size=64, image_size=32, val_fraction=0.1)
     assert (dm.batch_size, dm.num_workers, dm.val_fraction, dm.split_seed) == (64, 0, 0.1, 0)
     assert (dm.examples_per_class, dm.image_size, dm.augment, dm.on_gpu) == (None, 32, None, None)
     assert dm.classes == [] and dm._sources == {} and dm._on_device == {} and dm._splits == {}

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
 from omegaconf import OmegaConf
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from transferlab.tasks.restoration import RestorationTask, rgb_to_y
 from transferlab.utils.config import config_dir

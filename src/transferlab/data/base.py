@@ -124,7 +124,7 @@ def _unchanged(image: torch.Tensor) -> torch.Tensor:
 class BatchedDataModule(pl.LightningDataModule):
     """What every transferlab datamodule shares: a global batch split across devices, and its loaders."""
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int, num_workers: int = 0) -> None:
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
@@ -225,12 +225,12 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
 
     def __init__(
         self,
-        batch_size: int = 64,
+        batch_size: int,
+        image_size: int,
+        val_fraction: float,
         num_workers: int = 0,
-        val_fraction: float = 0.1,
         split_seed: int = 0,
         examples_per_class: int | None = None,
-        image_size: int = 32,
         augment: Transform | None = None,
         on_gpu: bool | None = None,
     ) -> None:

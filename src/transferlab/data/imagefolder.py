@@ -181,7 +181,7 @@ class ImageFolderDataModule(ClassificationDataModule):
     def __init__(
         self,
         root: str,
-        resize_ratio: float = 256 / 224,
+        resize_ratio: float,
         cache: int | None = None,
         decode: str | None = None,
         on_bad_file: str = "skip",

@@ -178,7 +178,7 @@ class ShapesDataModule(ClassificationDataModule):
     Train and test are rendered from different seeds (derived from `seed`), so they never share an image.
     """
 
-    def __init__(self, train_size: int = 3000, test_size: int = 1000, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, train_size: int, test_size: int, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sizes = {"train": train_size, "test": test_size}
         self.seeds = {"train": seed, "test": seed + 10_000}
