@@ -92,18 +92,15 @@ def write_imagefolder(root: Path) -> None:
     Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).convert("CMYK").save(odd / "cmyk.jpg")
 
 
+def folder_data(root: Path, **settings: object) -> ImageFolderDataModule:
+    """An image-folder datamodule over `root` with the preset's settings and `settings`."""
+    return make_data(ImageFolderDataModule, "imagefolder", root=str(root), **settings)
+
+
 def test_imagefolder_reads_jpegs_of_any_mode(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
     augment = v2.Compose([v2.RandomResizedCrop(24), v2.RandomHorizontalFlip()])
-    dm = make_data(
-        ImageFolderDataModule,
-        "imagefolder",
-        root=str(tmp_path),
-        image_size=24,
-        batch_size=4,
-        val_fraction=0.25,
-        augment=augment,
-    )
+    dm = folder_data(tmp_path, image_size=24, batch_size=4, val_fraction=0.25, augment=augment)
     assert dm.task_args() == {"num_classes": 2, "class_names": ["cat", "dog"]}
     for split in ("train", "val", "test"):
         for i in range(len(dm._splits[split])):
@@ -114,14 +111,7 @@ def test_imagefolder_reads_jpegs_of_any_mode(tmp_path: Path) -> None:
 
 def test_imagefolder_preset_without_resize_still_batches(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
-    dm = make_data(
-        ImageFolderDataModule,
-        "imagefolder",
-        root=str(tmp_path),
-        image_size=16,
-        batch_size=4,
-        augment=v2.RandomHorizontalFlip(),
-    )
+    dm = folder_data(tmp_path, image_size=16, batch_size=4, augment=v2.RandomHorizontalFlip())
     dm.setup("fit")
     assert {dm._splits["train"][i][0].shape for i in range(len(dm._splits["train"]))} == {(3, 16, 16)}
 
@@ -131,15 +121,7 @@ def test_corrupt_image_is_skipped_or_names_the_file(tmp_path: Path, policy: str,
     write_imagefolder(tmp_path)
     bad = tmp_path / "train" / "dog" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    dm = make_data(
-        ImageFolderDataModule,
-        "imagefolder",
-        root=str(tmp_path),
-        image_size=16,
-        batch_size=4,
-        val_fraction=0.1,
-        on_bad_file=policy,
-    )
+    dm = folder_data(tmp_path, image_size=16, batch_size=4, val_fraction=0.1, on_bad_file=policy)
     dm.setup("fit")
     dataset = dm._splits["train"].dataset.dataset
     index = [Path(p).name for p, _ in dataset.samples].index("broken.jpg")
@@ -156,11 +138,11 @@ def test_corrupt_image_is_skipped_or_names_the_file(tmp_path: Path, policy: str,
 
 def test_imagefolder_missing_or_empty(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"image folder .*train does not exist"):
-        make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16).setup("fit")
+        folder_data(tmp_path, image_size=16).setup("fit")
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(UserError, match="no images in"):
-        make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16).setup("fit")
+        folder_data(tmp_path, image_size=16).setup("fit")
 
 
 def test_shapes_is_seeded_balanced_and_sized() -> None:
@@ -183,9 +165,7 @@ def test_shapes_train_and_test_never_share_images() -> None:
 def test_shapes_export_is_a_working_imagefolder(tmp_path: Path) -> None:
     export_imagefolder(tmp_path, image_size=32, train_per_class=3, val_per_class=1)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(CLASSES)
-    dm = make_data(
-        ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=32, batch_size=4, val_fraction=0.2
-    )
+    dm = folder_data(tmp_path, image_size=32, batch_size=4, val_fraction=0.2)
     assert dm.task_args()["class_names"] == sorted(CLASSES)
     assert len(dm._splits["test"]) == 10
 
@@ -344,12 +324,12 @@ def test_imagefolder_cache_errors_are_one_line(tmp_path: Path) -> None:
     from transferlab.data.imagefolder import cache_path, write_cache
 
     write_imagefolder(tmp_path)
-    dm = make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16, cache=32)
+    dm = folder_data(tmp_path, image_size=16, cache=32)
     with pytest.raises(UserError, match=r"no 32 px cache at .*python -m transferlab.data.imagefolder .* --size 32"):
         dm.setup("fit")
     torch.save({"format": "something else"}, cache_path(tmp_path, 32))
     with pytest.raises(UserError, match="is not a transferlab 32 px image-folder cache"):
-        make_data(ImageFolderDataModule, "imagefolder", root=str(tmp_path), image_size=16, cache=32).setup("fit")
+        folder_data(tmp_path, image_size=16, cache=32).setup("fit")
     (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     cache_path(tmp_path, 32).unlink()
     with pytest.raises(UserError, match="broken.jpg"):

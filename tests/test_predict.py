@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,39 @@ def test_predict_prepares_files_as_evaluation_does(tmp_path: Path) -> None:
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["test/acc"]
     right = [row[1] == Path(name).parent.name for name, row in rows.items()]
     assert sum(right) / len(right) == pytest.approx(evaluated, abs=1e-6)
+
+
+def as_earlier_release(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint as releases before networks-by-config wrote it: ``net.arch`` (the U-Net's encoder and
+    decoder on the task itself) and one style task with ``method`` and ``adain_layer``."""
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    arches = {"DnCNN": "dncnn", "EDSR": "edsr", "UNet": "unet", "TransformerNet": None}
+    for model in (blob["transferlab"]["config"]["model"], blob["hyper_parameters"]):
+        net = model["net"]
+        name = net.pop("_target_").rsplit(".", 1)[-1]
+        if arches[name] is None:
+            model["method"], model["adain_layer"] = "johnson", "relu3_1"
+        else:
+            net["arch"] = arches[name]
+    if name == "UNet":  # its encoder and decoder were the task's own modules
+        state = blob["state_dict"]
+        blob["state_dict"] = {re.sub(r"^net\.(backbone|decoder)\.", r"\1.", key): v for key, v in state.items()}
+    torch.save(blob, out)
+    return out
+
+
+@pytest.mark.parametrize("task", ["denoise", "stylize", "inpaint"])
+def test_checkpoints_of_earlier_releases_still_predict_the_same(checkpoints, tmp_path: Path, task: str) -> None:
+    write_photo(tmp_path / "photo.png", 40, 36)
+    mask = np.zeros((36, 40), dtype=np.uint8)
+    mask[10:20, 5:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    extra = ["mask=mask.png"] if task == "inpaint" else []
+    old = as_earlier_release(checkpoints[task], tmp_path / "old.ckpt")
+    assert b"arch" in old.read_bytes() or b"method" in old.read_bytes()
+    outputs = {}
+    for name, ckpt in (("new", checkpoints[task]), ("old", old)):
+        result = run_cli("tl-predict", f"ckpt_path={ckpt}", "input=photo.png", f"output={name}", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = np.asarray(Image.open(tmp_path / name / "photo.png"))
+    assert np.array_equal(outputs["new"], outputs["old"])

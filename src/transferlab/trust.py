@@ -264,6 +264,10 @@ def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoin
             f"cannot read checkpoint {path} ({type(err).__name__}: {first}): not a checkpoint tl-train wrote. "
             "Pass ckpt_path=<run dir>/checkpoints/best.ckpt"
         ) from err
+    if isinstance(blob, dict) and upgrade_legacy(blob):  # rebuilt from the upgraded data, never the file
+        buffer = io.BytesIO()
+        torch.save(blob, buffer)
+        data = buffer.getvalue()
     info = blob.get("transferlab") if isinstance(blob, dict) else None
     config = info.get("config") if isinstance(info, dict) else None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
@@ -275,3 +279,63 @@ def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoin
     check_untrusted(config["model"], source, trusted, key="model")
     check_untrusted(blob.get("hyper_parameters"), source, trusted, key="hyper_parameters")
     return CheckedCheckpoint(path=path, data=data, config=config, trusted=trusted)
+
+
+# -- checkpoints of earlier releases ------------------------------------------------------------------------
+# Until networks were chosen by config, restoration models named theirs with ``net.arch`` (the U-Net's encoder
+# and decoder sat on the task) and both style-transfer methods were one task with ``method``. Such checkpoints
+# are upgraded in memory when opened: renamed keys only, nothing is executed.
+LEGACY_NETWORKS = {
+    "dncnn": "transferlab.nets.dncnn.DnCNN",
+    "edsr": "transferlab.nets.edsr.EDSR",
+    "unet": "transferlab.nets.unet.UNet",
+}
+LEGACY_STYLE_NETWORKS = {
+    "johnson": (
+        "transferlab.tasks.style_transfer.StyleTransferTask",
+        "transferlab.nets.transformer_net.TransformerNet",
+    ),
+    "adain": ("transferlab.tasks.style_transfer.AdaINTask", "transferlab.nets.adain.AdaINDecoder"),
+}
+LEGACY_UNET_LAYERS = ["relu", "layer1", "layer2", "layer3"]
+
+
+def _upgrade_model(model: dict[str, Any], target: str | None) -> bool:
+    """Upgrade one model config or hyper-parameter dict in place; whether it was a legacy one."""
+    net = model.get("net")
+    if target == "transferlab.tasks.restoration.RestorationTask" and isinstance(net, dict) and "arch" in net:
+        arch = net.pop("arch")
+        model["net"] = {"_target_": LEGACY_NETWORKS.get(arch, str(arch)), **net}
+        if arch == "unet" and isinstance(model.get("backbone"), dict):
+            model["backbone"].setdefault("layers", LEGACY_UNET_LAYERS)
+        return True
+    if target == "transferlab.tasks.style_transfer.StyleTransferTask" and "method" in model:
+        method = model.pop("method")
+        task, network = LEGACY_STYLE_NETWORKS.get(method, (target, None))
+        if "_target_" in model:
+            model["_target_"] = task
+        if method == "johnson":
+            model.pop("adain_layer", None)  # the one-class task took it for both methods
+        model["net"] = {"_target_": network, **(net or {})}
+        return True
+    return False
+
+
+def upgrade_legacy(blob: dict[str, Any]) -> bool:
+    """Bring a checkpoint of an earlier release to today's config and parameter names (in place)."""
+    info = blob.get("transferlab")
+    config = info.get("config") if isinstance(info, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        return False
+    target = model.get("_target_")
+    if not _upgrade_model(model, target):
+        return False
+    hparams = blob.get("hyper_parameters")
+    if isinstance(hparams, dict):
+        _upgrade_model(hparams, target)
+    state = blob.get("state_dict")
+    if isinstance(state, dict) and model["net"]["_target_"] == LEGACY_NETWORKS["unet"]:
+        renamed = {f"net.{key}" if key.startswith(("backbone.", "decoder.")) else key: v for key, v in state.items()}
+        blob["state_dict"] = renamed
+    return True
