@@ -271,7 +271,7 @@ def raw_image_rate(cfg: DictConfig, setup: Setup, case: Case) -> float:
                 loss = F.l1_loss(restored, clean)
             else:
                 terms, _, _ = task.loss_terms(clean, fixed_style=False)
-                loss = sum(terms.values())
+                loss = sum(task.weights[name] * term for name, term in terms.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
