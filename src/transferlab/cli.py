@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from transferlab.constants import CKPT_PATH_HINT
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
@@ -242,7 +243,7 @@ def _check(cfg: object, multirun: bool) -> None:
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
         value = cfg.get(key)
         if isinstance(value, str) and value not in ("???", "last") and not Path(value).expanduser().exists():
-            fix = "Pass ckpt_path=<run dir>/checkpoints/best.ckpt" if key == "ckpt_path" else f"Check {key}=…"
+            fix = CKPT_PATH_HINT if key == "ckpt_path" else f"Check {key}=…"
             raise UserError(f"{what} {Path(value)} does not exist. {fix}")
 
 

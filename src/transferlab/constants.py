@@ -13,6 +13,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 PREDICTIONS_FILE = "predictions.csv"  # tl-predict's output for classifiers
+CKPT_PATH_HINT = f"Pass ckpt_path=<run dir>/{CHECKPOINT_DIR}/{BEST_CHECKPOINT}"  # what every checkpoint error says
 
 # Image files every reader accepts (torchvision's ImageFolder list, so folders read the same everywhere).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

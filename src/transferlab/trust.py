@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from transferlab.constants import CKPT_PATH_HINT
 from transferlab.utils.errors import UserError
 
 TASK_TARGETS = frozenset(
@@ -254,7 +255,7 @@ class CheckedCheckpoint:
 def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoint:
     """Read a transferlab checkpoint as data and check everything in it that could be instantiated."""
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist. Pass ckpt_path=<run dir>/checkpoints/best.ckpt")
+        raise UserError(f"checkpoint {path} does not exist. {CKPT_PATH_HINT}")
     data = path.read_bytes()
     try:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -262,7 +263,7 @@ def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoin
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UserError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {first}): not a checkpoint tl-train wrote. "
-            "Pass ckpt_path=<run dir>/checkpoints/best.ckpt"
+            f"{CKPT_PATH_HINT}"
         ) from err
     if isinstance(blob, dict) and upgrade_legacy(blob):  # rebuilt from the upgraded data, never the file
         buffer = io.BytesIO()
