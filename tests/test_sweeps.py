@@ -69,10 +69,18 @@ def test_optuna_direction_follows_monitor_mode(make_cfg: Callable[..., DictConfi
 
 
 def test_slurm_launcher_is_sized_from_the_trainer(make_cfg: Callable[..., DictConfig]) -> None:
-    cfg = make_cfg("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2")
+    cfg = make_cfg("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", tiny=False)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher._target_ == "hydra_plugins.transferlab_launcher.slurm.SlurmLauncher"
+    # GPUs only for a GPU trainer: a CPU (or auto) trainer asks SLURM for none, which every cluster accepts.
+    for trainer in (["trainer=ddp_sim"], ["trainer.accelerator=cpu"], []):
+        cfg = make_cfg("hydra/launcher=slurm", *trainer, tiny=False)
+        assert cfg.hydra.launcher.gpus_per_node is None, trainer
+    assert make_cfg("hydra/launcher=slurm", "trainer=gpu", tiny=False).hydra.launcher.gpus_per_node == 1
+    with pytest.raises(Exception, match=r"trainer.devices=-1 cannot size a SLURM request"):
+        _ = make_cfg("hydra/launcher=slurm", "trainer=ddp", tiny=False).hydra.launcher.gpus_per_node
 
 
 def test_fp16_on_cpu_is_a_user_error_and_bf16_works(make_cfg: Callable[..., DictConfig]) -> None:

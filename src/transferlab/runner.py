@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.strategies.launchers import subprocess_script
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from transferlab import cli
 from transferlab.callbacks import ProgressBar
@@ -162,3 +166,34 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
 # Lightning (pinned <2.7 in pyproject) has no setting for this command; its launcher looks the function up
 # in this module at launch time, so replacing it here is enough (tested by tests/test_distributed.py).
 subprocess_script._hydra_subprocess_cmd = ddp_child_command
+
+
+@contextmanager
+def step_boundary_requeue(trainer: pl.Trainer) -> Iterator[None]:
+    """Under submitit on SLURM, make the time-limit signal stop training like SIGTERM does, then requeue.
+
+    SLURM signals a job (``--signal=USR2@<signal_delay_s>``) before its time limit; submitit's own handler
+    requeues and exits on the spot, mid-step, before any checkpoint exists (and ignores the SIGTERM that
+    follows). Here the signal only asks Lightning to stop at the end of the current step, where the
+    checkpoint callback writes ``last.ckpt``; then submitit's handler runs (requeue, exit), and the requeued
+    job resumes from that checkpoint in the same run directory.
+    """
+    submitit_handler = signal.getsignal(signal.SIGUSR2)
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not callable(submitit_handler):
+        yield
+        return
+    received: list[int] = []
+
+    def stop_at_step_end(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        trainer._signal_connector.received_sigterm = True  # Lightning's own stop flag, read at each step's end
+
+    signal.signal(signal.SIGUSR2, stop_at_step_end)
+    try:
+        yield
+    except SIGTERMException:
+        if received:
+            submitit_handler(received[0], None)  # requeues the job and exits
+        raise
+    finally:
+        signal.signal(signal.SIGUSR2, submitit_handler)

@@ -31,6 +31,7 @@ from transferlab.runner import (
     resolved,
     resume_checkpoint,
     scalar_metrics,
+    step_boundary_requeue,
     task_overrides,
 )
 from transferlab.trust import open_checkpoint
@@ -90,7 +91,8 @@ def _train_and_test(cfg: DictConfig) -> float | None:
     metrics: dict[str, float] = {}
     if cfg.train:
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            with step_boundary_requeue(trainer):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:  # state saved and the resume command printed by the checkpoint callback
             raise SystemExit(128 + signal.SIGTERM) from None
         metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics

@@ -1,7 +1,8 @@
 """OmegaConf resolvers the configs use (``${tl.…:…}``); registered on import of `transferlab.runner`.
 
 They exist so one value is written once: the Optuna direction derives from ``monitor.mode``, a sweep
-job's directory name derives from its overrides, and an image folder's resolution from its images.
+job's directory name derives from its overrides, an image folder's resolution from its images, and a SLURM
+job's GPU request from the trainer.
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def launch_dir() -> str:
     return os.getcwd()
 
 
+def gpus_per_node(accelerator: str, devices: int | str) -> int | None:
+    """GPUs a SLURM job asks for per node: the trainer's devices on a GPU trainer, none otherwise (``auto``
+    included: the login node cannot tell what a compute node has; pick ``trainer=gpu``/``ddp`` for GPUs)."""
+    if str(accelerator) not in ("gpu", "cuda"):
+        return None
+    if not str(devices).isdigit() or int(devices) < 1:
+        raise ValueError(
+            f"trainer.devices={devices} cannot size a SLURM request: give the GPUs per node as a number "
+            "(e.g. trainer.devices=4)"
+        )
+    return int(devices)
+
+
 def auto_image_size(root: str) -> int:
     """``data.image_size`` for an image folder: chosen from its images (`imagefolder.auto_image_size`)."""
     from transferlab.data.imagefolder import auto_image_size as from_images  # torch: only when resolved
@@ -70,6 +84,7 @@ def register_resolvers() -> None:
         ("tl.job_dirname", job_dirname),
         ("tl.launch_dir", launch_dir),
         ("tl.auto_image_size", auto_image_size),
+        ("tl.gpus_per_node", gpus_per_node),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,1 @@
+"""transferlab's Hydra launcher plugin (see slurm.py)."""
