@@ -30,6 +30,11 @@ CONFIG_CASES = [
     ("tl-train", ["trainer.max_step=3"], "error: unknown key trainer.max_step. Did you mean trainer.max_steps"),
     ("tl-train", ["model.backbone.nam=x"], "error: unknown key model.backbone.nam. Did you mean model.backbone.name"),
     ("tl-train", ["+seed=3"], "error: seed is already in the config. Override it without the +"),
+    (
+        "tl-train",
+        ["-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=-1"],
+        "error: hydra.launcher.gpus_per_node: trainer.devices=-1 cannot size a SLURM request",
+    ),
     ("tl-train", ["seed=[1,2"], "error: cannot read the overrides"),
     ("tl-train", ["trainer.max_epochs=-3"], "error: trainer.max_epochs must be an integer >= -1 (-1 = no limit)"),
     ("tl-train", ["trainer.max_steps=-2"], "error: trainer.max_steps must be an integer >= -1"),

@@ -193,7 +193,7 @@ def _composition_error(err: Exception, config_name: str, overrides: list[str]) -
         return UserError(f"cannot read the overrides: {_first_line(err)}. Quote values with spaces or symbols")
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
-        options = sorted(err.options or [])
+        options = sorted(o for o in err.options or [] if not o.startswith("base/"))  # bases are not options
         listed = f"Available: {', '.join(options)}." if options else "The group has no options."
         return UserError(f"no {group} config named '{name}'. {listed}{closest(name, options)}")
     message = f"{err} {err.__cause__ or ''}"
@@ -238,6 +238,7 @@ def _check(cfg: object, multirun: bool) -> None:
 
     assert isinstance(cfg, DictConfig)
     check_values(cfg)
+    check_launcher(cfg)
     run_dir = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     check_writable(Path(str(run_dir)), "hydra.sweep.dir" if multirun else "hydra.run.dir")
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
@@ -245,6 +246,21 @@ def _check(cfg: object, multirun: bool) -> None:
         if isinstance(value, str) and value not in ("???", "last") and not Path(value).expanduser().exists():
             fix = CKPT_PATH_HINT if key == "ckpt_path" else f"Check {key}=…"
             raise UserError(f"{what} {Path(value)} does not exist. {fix}")
+
+
+def check_launcher(cfg: Any) -> None:
+    """Every launcher setting derived from the config resolves (e.g. the GPUs a SLURM job asks for)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    launcher = OmegaConf.select(cfg, "hydra.launcher")
+    for key in launcher or ():
+        try:
+            launcher[key]
+        except InterpolationResolutionError as err:
+            prefix = "ValueError raised while resolving interpolation: "  # a transferlab resolver's own message
+            if str(err).startswith(prefix):
+                raise UserError(f"hydra.launcher.{key}: {_first_line(err).removeprefix(prefix)}") from None
 
 
 def check_writable(path: Path, key: str) -> None:
