@@ -144,9 +144,12 @@ def test_a_job_stopped_at_its_time_limit_is_requeued_and_ends_as_an_uninterrupte
     assert result.returncode == 0, result.stderr[-3000:]
     (local_dir,) = [p.parent for p in local.rglob("metrics.json")]
     uninterrupted = json.loads((local_dir / "metrics.json").read_text())
-    untimed = [
-        {k: v for k, v in run["metrics"].items() if not k.startswith("time/")} for run in (resumed, uninterrupted)
-    ]
-    assert untimed[0] == untimed[1]  # every loss, accuracy and per-class value, bit for bit
+
+    # Every validation and test value (losses, accuracies, per class) bit for bit. Left out: timings, and the
+    # interrupted epoch's train/ means and last logged LR, which cover only the steps after the resume.
+    def compared(run: dict) -> dict:
+        return {k: v for k, v in run["metrics"].items() if k.startswith(("val/", "test/"))}
+
+    assert compared(resumed) == compared(uninterrupted) and len(compared(resumed)) > 20
     assert not [p for p in job_dir.rglob("events.out.tfevents.*") if p.parent != job_dir], "one TensorBoard run"
     assert os.path.basename(job_dir) == os.path.basename(local_dir)
