@@ -41,7 +41,8 @@ def takes(cls: type, argument: str) -> bool:
 def build_network(cfg: dict[str, Any], key: str, **context: Any) -> nn.Module:
     """Instantiate the network `cfg` names, passing each `context` value the network's constructor declares."""
     cls = network_class(cfg, key)
-    given = {name: value for name, value in context.items() if takes(cls, name)}
+    declared = inspect.signature(cls).parameters
+    given = {name: value for name, value in context.items() if name in declared}
     try:
         return instantiate(cfg, **given, _convert_="all")
     except InstantiationException as err:

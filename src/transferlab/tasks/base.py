@@ -117,11 +117,12 @@ class TransferTask(pl.LightningModule, abc.ABC):
         channels_last = self._channels_last_on if self._channels_last_on is not None else self._use_channels_last()
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
-    def show_images(self, stage: str, batch_idx: int, tag: str, columns: list[torch.Tensor]) -> None:
+    def show_images(self, stage: str, batch_idx: int, tag: str, columns: Callable[[], list[torch.Tensor]]) -> None:
         """Keep the first validation batch's first images, one column per tensor ([0, 1], same size), to log
-        as one grid under `tag` when validation ends (not during Lightning's sanity check)."""
+        as one grid under `tag` when validation ends (not during Lightning's sanity check). `columns` is called
+        only for that batch, so preparing what is shown costs nothing on the other steps."""
         if stage == "val" and batch_idx == 0:
-            self._grid = (tag, [c[:GRID_SAMPLES].detach() for c in columns])
+            self._grid = (tag, [c[:GRID_SAMPLES].detach() for c in columns()])
 
     # -- Lightning's three entry points share one step function ------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -177,9 +177,12 @@ class RestorationTask(TransferTask):
         self.log_losses(stage, {"loss": loss, **extra}, len(clean))
         if stage in self.quality:
             self.update_quality(stage, degraded, restored.detach().clamp(0, 1), clean, mask)
-        if stage == "val" and batch_idx == 0:  # SR inputs shown blocky, at the output size
-            shown = F.interpolate(degraded, size=clean.shape[-2:], mode="nearest")
-            self.show_images(stage, batch_idx, "val/degraded_restored_clean", [shown, restored, clean])
+        self.show_images(  # SR inputs shown blocky, at the output size
+            stage,
+            batch_idx,
+            "val/degraded_restored_clean",
+            lambda: [F.interpolate(degraded, size=clean.shape[-2:], mode="nearest"), restored, clean],
+        )
         return loss
 
     def update_quality(

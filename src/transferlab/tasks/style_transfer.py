@@ -133,7 +133,7 @@ class StyleTask(TransferTask, abc.ABC):
         weighted = {name: self.weights[name] * value for name, value in terms.items()}
         loss = sum(weighted.values())
         self.log_losses(stage, {"loss": loss, **{f"loss_{k}": v for k, v in weighted.items()}}, len(content))
-        self.show_images(stage, batch_idx, "val/content_style_output", [content, style, output])
+        self.show_images(stage, batch_idx, "val/content_style_output", lambda: [content, style, output])
         return loss
 
 
