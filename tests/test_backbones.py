@@ -15,6 +15,7 @@ from transferlab.backbones import (
     PackagedWeights,
     build_backbone,
     build_classifier,
+    build_features,
     check_name,
     read_state_dict,
     resolve,
@@ -211,6 +212,40 @@ def test_timm_weights_file_and_checkpoint_layouts_load(tmp_path: Path) -> None:
     torch.save({"conv1.weight": source.conv1.weight}, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=r"does not fit backbone 'timm/resnet18' \(missing"):
         build_backbone("timm/resnet18", str(tmp_path / "partial.pth"))
+
+
+def test_timm_safetensors_weights_load(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", num_classes=7)
+    path = tmp_path / "model.safetensors"
+    save_file(source.state_dict(), str(path))
+    backbone = build_backbone("timm/resnet18", str(path))
+    torch.testing.assert_close(backbone.body.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match=r"cannot read weights file .*broken.safetensors"):
+        build_backbone("timm/resnet18", str(tmp_path / "broken.safetensors"))
+
+
+def test_timm_features_are_the_models_own_stage_outputs() -> None:
+    """The encoder returns exactly what the timm model computes at those stages, deeper stages pruned."""
+    import timm
+
+    torch.manual_seed(0)
+    features = build_features("timm/resnet18", None, ["act1", "layer2"])
+    reference = timm.create_model("resnet18").eval()
+    reference.load_state_dict(features.model.state_dict(), strict=False)
+    images = torch.rand(2, 3, 32, 32)
+    out = features.eval()(images)
+    x = reference.act1(reference.bn1(reference.conv1(images)))
+    torch.testing.assert_close(out["act1"], x)
+    torch.testing.assert_close(out["layer2"], reference.layer2(reference.layer1(reference.maxpool(x))))
+    assert not any(name.startswith(("layer3", "layer4", "fc")) for name, _ in features.model.named_parameters())
+    with pytest.raises(UserError, match=r"no feature layers \['relu'\].*act1, layer1, layer2, layer3, layer4"):
+        build_features("timm/resnet18", None, ["relu", "layer1"])
+    with pytest.raises(UserError, match=r"has no layers \['act1'\].*get_graph_node_names"):
+        build_features("resnet18", None, ["act1"])
 
 
 def test_imagenet_weights_of_a_package_not_installed_say_what_to_install(monkeypatch) -> None:

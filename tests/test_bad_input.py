@@ -184,6 +184,12 @@ DATA_CASES = [
         "error: gaussian noise sigma must be a number or a [low, high] range",
     ),
     ("tl-train", ["experiment=style_transfer", *TINY_PHOTOS, "model.styles=[nosuch.jpg]"], "error: image 'nosuch.jpg'"),
+    ("tl-train", [*TINY_PHOTOS, "model=denoise"], "error: restoration needs degraded inputs: add a degradation"),
+    (
+        "tl-train",
+        [*TINY_PHOTOS, "data/degrade=gaussian_noise", "model=restore_unet", "model.backbone.name=timm/resnet18"],
+        "error: timm backbone 'timm/resnet18' has no feature layers ['relu']. Set model.backbone.layers to some",
+    ),
     ("tl-eval", ["ckpt_path={tmp}/foreign.ckpt"], "error: {tmp}/foreign.ckpt was not written by tl-train"),
     ("tl-predict", ["ckpt_path={tmp}/text.ckpt", "input={tmp}/empty_input"], "error: cannot read checkpoint"),
 ]

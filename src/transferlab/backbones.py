@@ -12,7 +12,7 @@ name torchvision lacks (``efficientnet_lite0``). Source weights (`weights`) can 
 * a weights name of the library — torchvision (``DEFAULT``, ``IMAGENET1K_V1``, …) or a timm pretrained tag
   (``ra_in1k``) — downloaded into torch's / Hugging Face's cache, or read from there when the file was placed
   by hand (the only way on an offline machine);
-* a path to a ``.pth``/``.pt`` state dict of the same architecture (that library's layout);
+* a path to a ``.pth``/``.pt``/``.safetensors`` state dict of the same architecture (that library's layout);
 * a path to a transferlab ``.ckpt`` — the backbone part of a run this framework trained.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,12 +30,13 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.utils.errors import UserError, closest
 
 CHECKPOINT_SUFFIXES = (".ckpt",)
-STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 TIMM_PREFIX = "timm/"
 IMAGENET = "imagenet"
 # The input normalisation every ImageNet-pretrained network here expects (tasks and loss networks use it).
@@ -140,6 +142,15 @@ def build_backbone(name: str, weights: str | None = None, kwargs: dict[str, Any]
     return Backbone(body=model, num_features=builder.strip_head(model, name))
 
 
+def build_features(
+    name: str, weights: str | None, layers: Sequence[str], kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """`name` with source `weights`, returning the feature maps of `layers` as a dict (a U-Net's encoder)."""
+    library, _ = resolve(name)
+    builder = BUILDERS[library]
+    return builder.features(build_backbone(name, weights, kwargs).body, list(layers), name)
+
+
 def build_classifier(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> nn.Module:
     """The library's whole model, its (e.g. ImageNet) head included; weights files may bring another head."""
     return _build(name, weights, kwargs)[1]
@@ -194,6 +205,16 @@ class _TorchvisionBuilder:
         set_submodule(model, head_name, nn.Identity())
         return head.in_features
 
+    def features(self, model: nn.Module, layers: list[str], name: str) -> nn.Module:
+        """Graph nodes by name (``relu``, ``layer1`` …) through torchvision's FX feature extractor."""
+        try:
+            return create_feature_extractor(model, return_nodes={layer: layer for layer in layers})
+        except ValueError as err:
+            raise UserError(
+                f"backbone '{name}' has no layers {layers} ({_first_line(err)}). Set model.backbone.layers to "
+                "torchvision graph node names (torchvision.models.feature_extraction.get_graph_node_names)"
+            ) from err
+
 
 class _TimmBuilder:
     """timm's models: ``create_model``; ImageNet weights from a package where one ships them (offline)."""
@@ -230,6 +251,35 @@ class _TimmBuilder:
     def strip_head(self, model: nn.Module, name: str) -> int:
         model.reset_classifier(0)
         return int(model.num_features)
+
+    def features(self, model: nn.Module, layers: list[str], name: str) -> nn.Module:
+        return TimmFeatures(model, layers, name)
+
+
+class TimmFeatures(nn.Module):
+    """A timm model's stage outputs by their ``feature_info`` module names (``act1``, ``layer1``, ``blocks.2`` …).
+
+    timm's own ``forward_intermediates`` rather than an FX graph: many timm models do not trace, and this keeps the
+    model's parameter names. Stages deeper than the last requested one are pruned, as the FX graph would drop them.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], name: str) -> None:
+        super().__init__()
+        available = [info["module"] for info in getattr(model, "feature_info", [])]
+        unknown = [layer for layer in layers if layer not in available]
+        if unknown or not hasattr(model, "forward_intermediates"):
+            raise UserError(
+                f"timm backbone '{name}' has no feature layers {unknown or layers}. Set model.backbone.layers to "
+                f"some of its feature_info modules, shallow to deep: {', '.join(available) or '(none: pick another)'}"
+            )
+        self.layers = list(layers)
+        self.indices = [available.index(layer) for layer in layers]
+        model.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.model.forward_intermediates(images, indices=self.indices, intermediates_only=True)
+        return dict(zip(self.layers, features, strict=True))
 
 
 BUILDERS = {"torchvision": _TorchvisionBuilder(), "timm": _TimmBuilder()}  # keyed by `resolve`'s library
@@ -288,8 +338,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist. Pass an existing .pth/.ckpt path or null")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        blob = _load_tensors(path)
+    except Exception as err:  # torch and safetensors raise several types for a file that is not a state dict
         raise UserError(f"cannot read weights file {path}: {_first_line(err)}") from err
     if path.suffix in CHECKPOINT_SUFFIXES:
         return _backbone_from_checkpoint(blob, path)
@@ -300,6 +350,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
         raise UserError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
     return {k.removeprefix("module."): v for k, v in blob.items()}
+
+
+def _load_tensors(path: Path) -> Any:
+    """A ``.safetensors`` file (timm's and Hugging Face's format: tensors only, never code) or a torch pickle."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # a dependency of timm
+
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _backbone_from_checkpoint(blob: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
-"""U-Net whose encoder is a pretrained torchvision backbone (the transfer-learning restoration model).
+"""U-Net whose encoder is a pretrained torchvision or timm backbone (the transfer-learning restoration model).
 
-The encoder is any classification backbone cut at several named layers (``relu``, ``layer1`` … for
-ResNets) by ``create_feature_extractor``; it is the task's `backbone`, so the fine-tune modes (full,
+The encoder is any classification backbone cut at several named layers (``relu``, ``layer1`` … for torchvision
+ResNets: FX graph nodes; ``act1``, ``layer1`` … for ``timm/resnet18``: timm's ``feature_info`` modules); it is the task's `backbone`, so the fine-tune modes (full,
 linear_probe, gradual) freeze/unfreeze it exactly as for classification. The decoder up-samples the
 deepest features, concatenating each shallower skip, and finally the input image (and mask) at full
 resolution; it predicts a residual added to the input.
@@ -15,9 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
-from transferlab.backbones import ImageNetNormalize, build_backbone
+from transferlab.backbones import ImageNetNormalize, build_features
 from transferlab.nets.dncnn import zero_last
 from transferlab.utils.errors import UserError
 
@@ -26,11 +25,7 @@ def build_encoder(
     name: str, weights: str | None, layers: Sequence[str], kwargs: dict | None = None
 ) -> tuple[nn.Module, list[int]]:
     """The backbone cut at `layers` (shallow → deep) and the channel count of each returned feature map."""
-    body = build_backbone(name, weights, kwargs).body
-    try:
-        encoder = create_feature_extractor(body, return_nodes={layer: layer for layer in layers})
-    except ValueError as err:
-        raise UserError(f"backbone '{name}' has no layers {list(layers)} ({err}). Set model.backbone.layers") from err
+    encoder = build_features(name, weights, layers, kwargs)
     was_training = encoder.training
     with torch.no_grad():
         features = encoder.eval()(torch.zeros(1, 3, 64, 64))

@@ -55,12 +55,17 @@ class RestorationTask(TransferTask):
         scheduler: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
         backbone: dict[str, Any] | None = None,
-        scale: int = 1,
+        scale: int | None = None,
         mask_channel: bool = False,
         compile: str | None = None,
         channels_last: bool | None = None,
         load_source_weights: bool = True,
     ) -> None:
+        if scale is None:  # the data's degradation states the scale; without one there is nothing to restore
+            raise UserError(
+                "restoration needs degraded inputs: add a degradation, e.g. data/degrade=gaussian_noise "
+                "(or deblur, downscale, jpeg, inpaint_box, …; see tl-train --help)"
+            )
         net, optimizer, scheduler, finetune, backbone, perceptual, metrics = map(
             to_plain, (net, optimizer, scheduler, finetune, backbone, perceptual, metrics)
         )
