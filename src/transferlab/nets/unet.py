@@ -1,10 +1,10 @@
 """U-Net whose encoder is a pretrained torchvision or timm backbone (the transfer-learning restoration model).
 
-The encoder is any classification backbone cut at several named layers (``relu``, ``layer1`` … for torchvision
-ResNets: FX graph nodes; ``act1``, ``layer1`` … for ``timm/resnet18``: timm's ``feature_info`` modules); it is the task's `backbone`, so the fine-tune modes (full,
-linear_probe, gradual) freeze/unfreeze it exactly as for classification. The decoder up-samples the
-deepest features, concatenating each shallower skip, and finally the input image (and mask) at full
-resolution; it predicts a residual added to the input.
+The encoder is any classification backbone cut at several named layers (``relu``, ``layer1`` … for a
+torchvision ResNet: FX graph nodes; ``act1``, ``layer1`` … for ``timm/resnet18``: timm's ``feature_info``
+modules); it is the task's `backbone`, so the fine-tune modes (full, linear_probe, gradual) freeze/unfreeze it
+exactly as for classification. The decoder up-samples the deepest features, concatenating each shallower skip,
+and finally the input image (and mask) at full resolution; it predicts a residual added to the input.
 """
 
 from __future__ import annotations
