@@ -63,6 +63,9 @@ def make_data(cls: type, preset: str, **overrides: Any) -> Any:
 # Small, fast and deterministic: debug=tiny's settings, as overrides that later ones may refine.
 TINY = preset_overrides(config_dir() / "debug" / "tiny.yaml")
 
+# A finished run deletes its last.ckpt (resume state); tests that read the final training state keep it.
+KEEP_LAST = "callbacks.model_checkpoint.keep_last=true"
+
 # The embedded photos as a handful of 32 px patches, for image-to-image tasks (style transfer, predict).
 TINY_PHOTOS = [
     "data=photos",

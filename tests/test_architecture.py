@@ -55,6 +55,15 @@ def test_every_module_and_file_the_page_names_exists() -> None:
     assert backbones.PACKAGED_WEIGHTS and trust.ALLOWED_TARGETS and trust.TASK_TARGETS
 
 
+def test_each_hand_written_piece_says_why_no_library_does_it() -> None:
+    section = DOC.split("## Libraries over hand-written code", 1)[1].split("\n## ", 1)[0]
+    modules = re.findall(r"`(transferlab(?:\.\w+)+)`", section)
+    assert len(modules) >= 10
+    for dotted in modules:
+        doc = importlib.import_module(dotted).__doc__ or ""
+        assert "\nLibraries: " in doc, f"{dotted}'s docstring lost its 'Libraries:' line"
+
+
 def layer_of(module: str) -> int:
     top = module.split(".")[1] if "." in module else ""
     return next(i for i, names in enumerate(LAYERS) if top in names)

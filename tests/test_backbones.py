@@ -114,7 +114,7 @@ def test_transfer_from_transferlab_checkpoint(make_cfg) -> None:
     """Train a source run, then start a new run's backbone from its checkpoint: weights must be equal."""
     cfg = make_cfg("test=false")
     run(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"  # weights only: all transfer needs
     trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     target = make_cfg(f"model.backbone.weights={ckpt}", out="target")
     model = instantiate(target.model, num_classes=5)  # a different task: 5 classes, new head

@@ -33,7 +33,8 @@ def trained(tmp_path_factory) -> Path:
 
 def test_train_writes_run_directory_under_outputs(trained: Path) -> None:
     assert trained.parent.parent.name == "runs" and trained.parents[2].name == "outputs"
-    assert (trained / "checkpoints" / "best.ckpt").is_file() and (trained / "checkpoints" / "last.ckpt").is_file()
+    assert (trained / "checkpoints" / "best.ckpt").is_file()
+    assert not (trained / "checkpoints" / "last.ckpt").exists(), "a cleanly finished run needs no resume state"
     assert list(trained.glob("events.out.tfevents.*")), "TensorBoard logs go straight into the run directory"
     assert (trained / ".hydra" / "config.yaml").is_file()
     summary = json.loads((trained / "metrics.json").read_text())

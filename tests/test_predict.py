@@ -27,7 +27,7 @@ PHOTOS = [*TINY_PHOTOS, "logger=none"]
 def train(tmp: Path, *overrides: str) -> Path:
     cfg = compose_config([*overrides, *SHORT], tmp, "train")
     run(cfg)
-    return tmp / "checkpoints" / "last.ckpt"
+    return tmp / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")

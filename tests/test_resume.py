@@ -13,11 +13,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from conftest import KEEP_LAST
 from transferlab.train import run
 
 # Augmentation (random crops + flips) and shuffling both draw random numbers: a resume that replays the
 # wrong order or the wrong random state ends elsewhere. 54 training images at batch 8: 6 steps per epoch.
-ARGS = ("trainer.deterministic=true", "trainer.max_epochs=3", "callbacks.early_stopping=null", "logger=none")
+ARGS = ("trainer.deterministic=true", "trainer.max_epochs=3", "callbacks.early_stopping=null", "logger=none", KEEP_LAST)
 
 
 class SigtermAtStep(pl.Callback):

@@ -20,7 +20,7 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from conftest import make_data, run_cli, start_cli
+from conftest import KEEP_LAST, make_data, run_cli, start_cli
 from transferlab.data.shapes import ShapesDataModule
 from transferlab.report import report
 from transferlab.runner import build_trainer
@@ -186,7 +186,8 @@ def test_grid_writes_readable_job_dirs_and_metrics(grid: dict) -> None:
         assert sorted(summary["overrides"]) == sorted(name.split(","))
         assert {"monitor", "metrics", "epochs", "wall_time_s", "version"} <= set(summary)
         assert "test/acc" in summary["metrics"] and summary["monitor"]["best"] is not None
-        assert list(job.glob("events.out.tfevents.*")) and (job / "checkpoints" / "last.ckpt").is_file()
+        assert list(job.glob("events.out.tfevents.*")) and (job / "checkpoints" / "best.ckpt").is_file()
+        assert not (job / "checkpoints" / "last.ckpt").exists(), "finished jobs keep no resume state"
 
 
 @pytest.mark.slow
@@ -294,7 +295,7 @@ def test_submitit_local_launcher_runs_the_job(tmp_path: Path) -> None:
 
 # -- resume -----------------------------------------------------------------------------------------------------
 def test_unfinished_job_resumes_from_last_checkpoint(make_cfg: Callable[..., DictConfig]) -> None:
-    cfg = make_cfg("callbacks.early_stopping=null")
+    cfg = make_cfg("callbacks.early_stopping=null", KEEP_LAST)
     job_dir = Path(cfg.paths.output_dir)
     run(cfg)
     steps_per_epoch = json.loads((job_dir / "metrics.json").read_text())["global_step"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import KEEP_LAST
 from transferlab.train import run
 from transferlab.utils.errors import UserError
 
@@ -103,7 +104,7 @@ def test_runs_that_end_early_still_test_and_write_metrics(make_cfg, overrides: l
     tested = summary["tested_checkpoint"]
     assert tested == "final weights" or Path(tested).is_file()
     if summary["best_checkpoint"] is None:  # nothing validated: the final weights are what was tested
-        assert tested in ("final weights", str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"))
+        assert tested == "final weights"
 
 
 class PoisonAtStep:
@@ -144,20 +145,45 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_cfg) -> 
 
 
 def test_a_checkpoint_that_does_not_fit_the_config_is_refused(make_cfg) -> None:
-    first = make_cfg("trainer.max_epochs=1", out="first")
+    first = make_cfg("trainer.max_epochs=1", KEEP_LAST, out="first")
     run(first)
     best = Path(first.paths.output_dir) / "checkpoints" / "best.ckpt"
     other = make_cfg(f"ckpt_path={best}", "model.backbone.name=resnet18", out="other")
     with pytest.raises(UserError, match=r"does not fit this config: it has no parameter backbone\.conv1\.weight"):
         run(other)
     assert not (Path(other.paths.output_dir) / "metrics.json").exists()
-    same = make_cfg(f"ckpt_path={best}", "trainer.max_epochs=2", out="same")  # the same model resumes
+    weights_only = make_cfg(f"ckpt_path={best}", "trainer.max_epochs=2", out="weights_only")
+    with pytest.raises(UserError, match=r"best.ckpt holds weights only .* Resume from the run's last.ckpt, or start"):
+        run(weights_only)
+    last = best.with_name("last.ckpt")
+    same = make_cfg(f"ckpt_path={last}", "trainer.max_epochs=2", out="same")  # the same model resumes
     run(same)
     assert json.loads((Path(same.paths.output_dir) / "metrics.json").read_text())["epochs"] == 2
 
 
+def test_checkpoints_are_sized_to_their_purpose(make_cfg) -> None:
+    """best.ckpt: weights and run config, no optimizer state; last.ckpt: full state, gone after a clean end."""
+    import torch
+
+    cfg = make_cfg("trainer.max_epochs=1", "model.optimizer._target_=torch.optim.AdamW", KEEP_LAST, out="kept")
+    run(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in best and last["optimizer_states"], "AdamW moments only where resume needs them"
+    assert best["transferlab"]["config"] == last["transferlab"]["config"], "the run config is in both"
+    assert (checkpoints / "best.ckpt").stat().st_size < 0.5 * (checkpoints / "last.ckpt").stat().st_size
+    clean = make_cfg("trainer.max_epochs=1", out="clean")
+    run(clean)
+    assert sorted(p.name for p in (Path(clean.paths.output_dir) / "checkpoints").iterdir()) == ["best.ckpt"]
+    full = make_cfg("trainer.max_epochs=1", "callbacks.model_checkpoint.best_weights_only=false", out="full")
+    run(full)
+    best = torch.load(Path(full.paths.output_dir) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["optimizer_states"]
+
+
 def test_ckpt_path_last_resumes_this_run_directory(make_cfg) -> None:
-    cfg = make_cfg("trainer.max_epochs=1", "callbacks.early_stopping=null")
+    cfg = make_cfg("trainer.max_epochs=1", "callbacks.early_stopping=null", KEEP_LAST)
     run(cfg)
     out = Path(cfg.paths.output_dir)
     resumed = make_cfg("trainer.max_epochs=2", "callbacks.early_stopping=null", "ckpt_path=last")

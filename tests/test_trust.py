@@ -41,7 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint of a tiny classification run (two steps, no test phase)."""
     out = tmp_path_factory.mktemp("trusted") / "run"
     train(compose_config([*TINY, "logger=none", "trainer.limit_train_batches=2", "test=false"], out))
-    return out / "checkpoints" / "last.ckpt"
+    return out / "checkpoints" / "best.ckpt"
 
 
 def craft(source: Path, target: Path, edit: Callable[[dict[str, Any]], None]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 from typing import Any
@@ -15,7 +16,6 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from transferlab import __version__
 from transferlab.utils.errors import UserError
 
 
@@ -101,13 +101,26 @@ class ModelCheckpoint(_ModelCheckpoint):
     write (0: every epoch), and always when training ends, so a killed run loses at most that much work.
     Writes go through the trainer's checkpoint IO (asynchronous in transferlab, see `runner.build_trainer`)
     and are atomic (a temporary file, then a rename).
+
+    Sized to their purpose: ``best.ckpt`` is for evaluating, predicting and transferring, so it holds the
+    weights without optimizer state (`best_weights_only`; a third of the size with Adam/AdamW); ``last.ckpt``
+    is for resuming, so it is deleted once the run has finished cleanly (`discard_last`) unless `keep_last`.
     """
 
-    def __init__(self, *args: Any, last_every_minutes: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        last_every_minutes: float = 0.0,
+        best_weights_only: bool = True,
+        keep_last: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if last_every_minutes < 0:
             raise ValueError(f"last_every_minutes must be >= 0, got {last_every_minutes}")
         self.last_every_s = 60.0 * last_every_minutes
+        self.best_weights_only = best_weights_only
+        self.keep_last = keep_last
         self._last_written_at: float | None = None
         self._last_written_step = -1
 
@@ -119,6 +132,20 @@ class ModelCheckpoint(_ModelCheckpoint):
     def _write_last(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_written_at, self._last_written_step = time.monotonic(), trainer.global_step
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        full_state = self.save_weights_only
+        if self.best_weights_only and filepath != self.last_model_path:  # Lightning sets that path before saving
+            self.save_weights_only = True
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.save_weights_only = full_state
+
+    def discard_last(self) -> None:
+        """The run finished cleanly: ``last.ckpt`` has served its purpose (resuming), unless asked to keep it."""
+        if not self.keep_last and self.last_model_path and os.path.isfile(self.last_model_path):
+            os.remove(self.last_model_path)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         """Lightning's own trigger (e.g. right after a new best): only when due."""
@@ -245,19 +272,6 @@ class EpochTimer(pl.Callback):
         if self._boundary is not None:
             times["time/boundary_s"] = self._boundary
         pl_module.log_dict({k: torch.tensor(v) for k, v in times.items()}, sync_dist=False, rank_zero_only=True)
-
-
-class RunConfigInCheckpoint(pl.Callback):
-    """Store the run's resolved config (plain containers) in every checkpoint.
-
-    `tl-eval` and transfer from a checkpoint read it back: which task class, which data, which backbone.
-    """
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        checkpoint["transferlab"] = {"config": self.config, "version": __version__}
 
 
 @rank_zero_only

@@ -5,6 +5,9 @@ a per-class test table, deprecation warnings from its internals) is kept out unl
 silenced narrowly: Lightning's informational loggers are raised to WARNING for the duration of the run, and
 the few third-party warnings transferlab itself provokes are ignored by message and module, inside the run
 only. Warnings caused by the user's settings still show.
+
+Libraries: Lightning's ModelSummary (and RichProgressBar, in callbacks.py) are subclassed, not replaced: the summary
+drops the FLOPs column Lightning fills with zeros, the bar copies logged values to the host only on logging steps.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
@@ -63,6 +67,9 @@ def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:
     data = str(cfg.data.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")
     device = trainer.strategy.root_device.type
     devices = f"{trainer.world_size}×{device}" if trainer.world_size > 1 else device
+    if device == "cpu":  # what a shared machine left this run (transferlab.utils.threads)
+        threads = torch.get_num_threads()
+        devices += f" ({threads} thread{'s' if threads > 1 else ''})"
     return f"transferlab: {task} · {model} · {data} · {devices}, {trainer.precision} · run dir {run_dir}"
 
 

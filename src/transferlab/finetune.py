@@ -8,6 +8,10 @@
 The backbone always sits in its own optimizer param group (lr × ``backbone_lr_mult``) from the first step,
 so an LR schedule covers it whether or not it is frozen yet; while frozen its parameters get no gradient,
 and optimizers skip parameters without one.
+
+Libraries: Lightning's BackboneFinetuning adds the backbone's parameter group to the optimizer when it unfreezes and
+needs a `backbone` attribute; here every group exists from the start (frozen = requires_grad off), so the optimizer,
+its checkpoint and the LR schedule see one fixed set of groups, for any task's `pretrained_part`.
 """
 
 from __future__ import annotations

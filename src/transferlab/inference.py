@@ -13,6 +13,9 @@ from the tile where it lies farthest from a tile border (seams at the middle of 
 network whose receptive field reaches at most ``overlap / 2`` pixels the result is identical to processing the
 whole image at once, while memory stays bounded by the tile size (a 4000×3000 photo runs on a CPU). Every
 output is written to a temporary file and renamed, so a crash never leaves a truncated file.
+
+Libraries: none of torchvision, timm, kornia, torchmetrics or Lightning tiles inference over large images (MONAI's
+sliding_window_inference does, a large medical-imaging dependency); tiling here is one function.
 """
 
 from __future__ import annotations

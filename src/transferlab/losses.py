@@ -6,6 +6,9 @@ The perceptual and style losses compare activations of a frozen *loss network*: 
 papers do (``relu1_2``, ``relu4_1``, …); other models use torchvision's graph node names (``layer2``).
 Images enter in [0, 1]; the network applies ImageNet normalisation itself, stays in eval mode and never
 gets gradients to its weights (gradients still flow to the input images).
+
+Libraries: torchmetrics' LPIPS is a metric over fixed networks with learned linear layers that are downloaded on
+first use (impossible offline); these losses train with any backbone's layers and the weights a user has.
 """
 
 from __future__ import annotations

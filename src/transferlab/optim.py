@@ -1,4 +1,8 @@
-"""LR schedules that need the run's length, which only the trainer knows."""
+"""LR schedules that need the run's length, which only the trainer knows.
+
+Libraries: timm's schedulers are not torch LR schedulers (Lightning would need a custom lr_scheduler_step); this is
+torch's LambdaLR with the whole schedule as one function of the step, which resumes from the step count.
+"""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from transferlab.callbacks import ProgressBar
 from transferlab.console import CompactModelSummary, EpochLine
 from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import UserError, describe, find_user_error
+from transferlab.utils.threads import configure_cpu
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -87,6 +88,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         plugins=plugins,
     )
     check_precision(str(cfg.trainer.get("precision")), trainer)
+    configure_cpu(cfg.get("cpu_threads"), processes=trainer.num_devices)  # before any worker or thread pool starts
     return trainer
 
 

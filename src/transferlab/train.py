@@ -17,7 +17,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import __version__, api
 from transferlab.api import callable_module
-from transferlab.callbacks import RunConfigInCheckpoint, log_hyperparameters
+from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
+from transferlab.callbacks import log_hyperparameters
 from transferlab.cli import hydra_app
 from transferlab.console import header, quiet, results_line
 from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
@@ -75,12 +76,19 @@ def _train_and_test(cfg: DictConfig) -> float | None:
     datamodule = build(cfg.data, "data")
     datamodule.record_skipped_files_in(job_dir / "skipped_files")
     model = build(cfg.model, "model", **datamodule.task_args())
+    model.run_record = {"config": config, "version": __version__}  # stored in every checkpoint
     if stored is not None and (why := stored.mismatch(model, cfg.model._target_)) is not None:
         raise UserError(
             f"checkpoint {ckpt_path} does not fit this config: {why}. Use the overrides of the run that wrote it "
             "(its .hydra/overrides.yaml), or start without ckpt_path"
         )
-    callbacks = [*instantiate_named(cfg.get("callbacks"), "callbacks"), RunConfigInCheckpoint(config)]
+    if cfg.train and stored is not None and not stored.resumable:
+        raise UserError(
+            f"{ckpt_path} holds weights only (best.ckpt is saved without optimizer state), so training cannot "
+            "resume from it. Resume from the run's last.ckpt, or start a new run from these weights: "
+            f"model.backbone.weights={ckpt_path}"
+        )
+    callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_named(cfg.get("logger"), "logger")
     trainer = build_trainer(cfg, callbacks, loggers)
     datamodule.trainer = trainer
@@ -98,7 +106,6 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    last_path = checkpoint.last_model_path if checkpoint is not None else ""
     test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
     if cfg.test:
         verbose = bool(cfg.get("verbose", False))
@@ -114,7 +121,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "best_checkpoint": best_path or None,
-        "tested_checkpoint": (test_ckpt or last_path or "final weights") if cfg.test else None,
+        "tested_checkpoint": (test_ckpt or "final weights") if cfg.test else None,
         "skipped_files": datamodule.skipped_files(),
         "resumed_from": ckpt_path if cfg.train else None,
         "wall_time_s": round(time.time() - started, 2),
@@ -124,6 +131,8 @@ def _train_and_test(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
         write_json_atomic(job_dir / METRICS_FILE, summary)  # last: it marks the job finished
+        if cfg.train and isinstance(checkpoint, RunCheckpoint):
+            checkpoint.discard_last()  # finished: nothing left to resume
         print(f"Run directory: {job_dir}", flush=True)
     return best
 

@@ -223,6 +223,7 @@ class CheckedCheckpoint:
     data: bytes  # the bytes that were checked: everything below is built from these, the file is not re-read
     config: dict[str, Any]
     trusted: tuple[str, ...]
+    resumable: bool = True  # holds the optimizer state (last.ckpt), not just weights (best.ckpt)
 
     def build_task(self, **kwargs: Any) -> Any:
         """Rebuild the trained task (weights included); source weights are not re-fetched."""
@@ -279,7 +280,8 @@ def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoin
     check_untrusted(config.get("data"), source, trusted, key="data")
     check_untrusted(config["model"], source, trusted, key="model")
     check_untrusted(blob.get("hyper_parameters"), source, trusted, key="hyper_parameters")
-    return CheckedCheckpoint(path=path, data=data, config=config, trusted=trusted)
+    resumable = "optimizer_states" in blob
+    return CheckedCheckpoint(path=path, data=data, config=config, trusted=trusted, resumable=resumable)
 
 
 # -- checkpoints of earlier releases ------------------------------------------------------------------------

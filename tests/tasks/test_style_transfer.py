@@ -65,7 +65,7 @@ def test_loss_terms_grid_checkpoint_and_frozen_loss_network(make_cfg, tmp_path: 
     assert {"train/loss_content_step", "train/loss_style_step", "train/loss_tv_step", "val/loss_style"} <= scalars
     grids = events.Images("val/content_style_output")
     assert len(grids) == 2 and grids[0].width == 3 * 32 + 4 * 2
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt = out / "checkpoints" / "best.ckpt"
     trained = open_checkpoint(ckpt).build_task()
     for key, value in trained.loss_net.state_dict().items():  # never trained
         torch.testing.assert_close(value, loss_net[key])
@@ -124,7 +124,7 @@ def test_style_comparison_scores_every_stylizer_under_every_loss_network(make_cf
         overrides = [*CONTENT, "model=style_transfer", *SMALL["style_transfer"], *extra, "test=false"]
         cfg = make_cfg(*overrides, tiny=False, out=name)
         run(cfg)
-        checkpoints[name] = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        checkpoints[name] = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     args = [f"--run={name}={path}" for name, path in checkpoints.items()]
     result = subprocess.run(
         [sys.executable, str(compare), *args, "--out", str(tmp_path / "cmp")], capture_output=True, text=True

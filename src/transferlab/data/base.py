@@ -28,6 +28,7 @@ from transferlab.data.device_loader import DeviceBatchLoader, device_augment_fro
 from transferlab.data.images import BadFiles
 from transferlab.data.resumable import ResumableLoader
 from transferlab.utils.errors import UserError, one_line
+from transferlab.utils.threads import loader_workers
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -124,12 +125,12 @@ def _unchanged(image: torch.Tensor) -> torch.Tensor:
 class BatchedDataModule(pl.LightningDataModule):
     """What every transferlab datamodule shares: a global batch split across devices, and its loaders."""
 
-    def __init__(self, batch_size: int, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int, num_workers: int | None = 0) -> None:
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = num_workers  # None: sized from the cores free when the run starts (`loader_workers`)
         self.bad_files = BadFiles("skip")  # datamodules that read files take data.on_bad_file
         self._train_loader: ResumableLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
@@ -167,12 +168,13 @@ class BatchedDataModule(pl.LightningDataModule):
     ) -> DataLoader:
         dataset = self._splits[split] if dataset is None else dataset
         batch_size = self.per_device_batch_size()
-        if self.num_workers > 0:
+        workers = loader_workers() if self.num_workers is None else self.num_workers
+        if workers > 0:
             self.bad_files.ready_folder()  # before the workers fork, so they all record into one folder
         options: dict[str, Any] = {
             "batch_size": batch_size,
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
             "pin_memory": torch.cuda.is_available(),
             "collate_fn": collate_fn or collate_readable,
         }
@@ -228,7 +230,7 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         batch_size: int,
         image_size: int,
         val_fraction: float,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         split_seed: int = 0,
         examples_per_class: int | None = None,
         augment: Transform | None = None,

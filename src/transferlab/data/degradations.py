@@ -5,6 +5,10 @@ ones, drawing its randomness from the `torch.Generator` it is given, so a seeded
 degraded sample exactly. Strengths are either fixed (``sigma: 25``) or sampled uniformly per image from a
 range (``sigma: [5, 50]``). `Degrade` chains steps in config order (BasicSR-style); noise σ is in 0–255
 units, as papers state it.
+
+Libraries: blur, JPEG and resizing are torchvision's and torch's; noise and the motion kernel are a few lines here
+because their randomness must come from the generator passed in (seeded per validation sample), which
+torchvision.transforms.v2's GaussianNoise/GaussianBlur, drawing from the global RNG, cannot take.
 """
 
 from __future__ import annotations

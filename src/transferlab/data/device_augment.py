@@ -11,6 +11,11 @@ float32 rounding, same uint8 truncation), so for fixed parameters they return wh
 the tests measure it. Nothing here synchronises with the host: no ``.item()``, no boolean-mask indexing,
 no Python loop over samples. Per-sample choices (which op, which order) are made by computing every
 candidate for the whole batch and selecting with ``torch.where`` — cheap at in-memory image sizes.
+
+Libraries: torchvision.transforms.v2 draws one set of parameters per call (a whole batch flips or not), and
+kornia.augmentation, which draws per sample, defines the ops differently (same factors, measured: contrast up to
+66/255 apart, saturation 72/255, a 10° rotation 174/255), so a config would train on other images on a GPU than on a
+CPU; these give torchvision's pixels for the same parameters (tests/data/test_device_augment.py).
 """
 
 from __future__ import annotations

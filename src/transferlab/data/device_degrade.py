@@ -17,6 +17,10 @@ where torchvision's nvJPEG encoder and decoder work.
 
 Randomness comes from torch's RNG on the batch's device, or from the `torch.Generator` passed in (which
 must live on that device); a seeded generator reproduces a degraded batch exactly.
+
+Libraries: kornia has Gaussian and motion blur and a differentiable JPEG, but the distributions are defined by the
+CPU steps (torchvision's blur and JPEG codec, see degradations.py); these reproduce them per sample on the device,
+JPEG through torchvision's nvJPEG codec where the device has one (tests/data/test_device_degrade.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Every mode PIL opens becomes 8-bit RGB the same way wherever a file is read (tra
 32-bit integer images scaled down from their range (PIL's own conversion would clip them to white).
 A file that cannot be decoded (zero bytes, truncated, not an image) raises `UnreadableImage`; a training
 run either stops on it or skips it (`BadFiles`, ``data.on_bad_file``).
+
+Libraries: torchvision.io.decode_image reads JPEG/PNG/WebP/GIF straight to tensors, but not every mode PIL opens
+(CMYK, 16-bit, palette with transparency, TIFF, BMP), and a file must decode the same way everywhere; GPU batches of
+JPEGs do use torchvision's nvJPEG (jpeg_batches.py).
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class PhotoDataModule(BatchedDataModule):
         root: str | None = None,
         split_seed: int = 0,
         degrade: Degrade | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         on_gpu: bool | None = None,
         on_bad_file: str = "skip",
     ) -> None:

@@ -6,6 +6,9 @@ unreliable). This loader implements Lightning's ``state_dict``/``load_state_dict
 stores the epoch's shuffle seed, how many batches were already trained on and the random-number state
 at that moment; resuming replays the same order from the next batch with the same random state, so a
 resumed deterministic run ends with the same weights as an uninterrupted one (tests/test_resume.py).
+
+Libraries: torchdata's StatefulDataLoader also saves a loader's position, at the price of a dependency whose
+releases track torch's; this is a sampler and its RNG state over the plain DataLoader (tests/test_resume.py).
 """
 
 from __future__ import annotations

@@ -91,6 +91,14 @@ class TransferTask(pl.LightningModule, abc.ABC):
         self._loss_counts: dict[str, int] = {}
         self.imagenet_normalize = ImageNetNormalize(scale=255)
         self._grid: tuple[str, list[torch.Tensor]] | None = None
+        self.run_record: dict[str, Any] | None = None  # set by tl-train: {"config": …, "version": …}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the run's resolved config in every checkpoint (tl-eval, tl-predict, transfer and the trust check
+        read it). A module hook, not a callback's: Lightning skips callbacks' hooks for the weights-only
+        ``best.ckpt``."""
+        if self.run_record is not None:
+            checkpoint["transferlab"] = self.run_record
 
     # -- what subclasses write ---------------------------------------------------------------------
     @abc.abstractmethod

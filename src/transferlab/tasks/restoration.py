@@ -13,6 +13,9 @@ Metrics (torchmetrics), per stage ``val``/``test``: ``psnr`` and ``ssim`` of the
 inpainting ``psnr_masked`` over the missing pixels only. They are computed as `metrics` says: on images
 scaled to [0, `data_range`], on ``rgb`` or on the BT.601 luma ``y`` (as SR papers report), after cropping
 `crop_border` pixels from every side.
+
+Libraries: PSNR and SSIM are torchmetrics'; `rgb_to_y` is BT.601 studio-swing luma (16–235, MATLAB's rgb2ycbcr, what
+SR papers report), which kornia's full-range rgb_to_ycbcr is not (up to 19/255 apart, measured).
 """
 
 from __future__ import annotations

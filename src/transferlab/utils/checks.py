@@ -127,7 +127,8 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": OneOf((True, False, "warn")),
     # data
     "data.batch_size": COUNT,
-    "data.num_workers": Number(low=0, integer=True),
+    "data.num_workers": Number(low=0, integer=True, nullable=True, meaning="null = from the free cores"),
+    "cpu_threads": Number(low=1, integer=True, nullable=True, meaning="null = the free cores"),
     "data.image_size": Number(low=8, integer=True),
     "data.patch_size": Number(low=8, integer=True),
     "data.train_size": COUNT,
