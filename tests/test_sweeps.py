@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,7 +131,7 @@ def test_report_mean_std_count_and_unfinished_jobs(tmp_path: Path, capsys: pytes
     fake_job(sweep, ["model.name=unet", "seed=0"], {"val/psnr": 35.0, "test/psnr": 34.0})
     fake_job(sweep, ["model.name=unet", "seed=1"], None)  # killed: no metrics.json
 
-    text = report([str(sweep), "--plot", str(tmp_path / "psnr.png"), "--x", "model.name"])
+    text = report([str(sweep), "--plot", str(tmp_path / "psnr.png")])  # --x: the one swept key
     assert "| model.name | jobs | best val/psnr | test/psnr | val/psnr |" in text
     assert "| dncnn | 3/3 | 32.0000 ± 2.0000 (n=3) | 31.0000 ± 2.0000 (n=3) |" in text
     assert "| unet | 1/2 | 35.0000 (n=1) |" in text
@@ -144,8 +145,30 @@ def test_report_mean_std_count_and_unfinished_jobs(tmp_path: Path, capsys: pytes
         ("unet", "2", "1", "1"),
     ]
     assert (tmp_path / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Hand-made jobs have no TensorBoard events: no learning curves, one note, no crash.
+    assert "Curves leave out 4 job(s) without TensorBoard events (logger=csv or none): model.name=dncnn,seed=0" in text
+    assert not list(tmp_path.glob("psnr-curve-*"))
+    assert (sweep / "report.md").read_text() == text.split("\n\nMarkdown: ")[0] + "\n"
+    assert "![best val/psnr against model.name](../psnr.png)" in text
     with pytest.raises(UserError, match="not a directory"):
         report([str(tmp_path / "missing")])
+
+
+def test_report_plot_defaults_and_refusals(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for name, lr in (("dncnn", "0.1"), ("dncnn", "0.01"), ("unet", "0.1")):
+        fake_job(sweep, [f"model.name={name}", f"model.lr={lr}", "seed=0"], {"val/psnr": 30.0, "test/psnr": 29.0})
+    with pytest.raises(UserError, match=r"--plot: these jobs sweep model.lr, model.name. Pass --x KEY"):
+        report([str(sweep), "--plot"])
+    assert not (sweep / "report.md").exists() and not (sweep / "report.csv").exists()
+    text = report([str(sweep), "--plot", "--x", "model.lr", "--plot-metric", "test/psnr"])
+    assert "![test/psnr against model.lr](report.png)" in text  # --plot alone: next to the report
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+    seeds = tmp_path / "seeds"
+    for seed in (0, 1):
+        fake_job(seeds, ["model.name=dncnn", f"seed={seed}"], {"val/psnr": 30.0})
+    assert "against" not in report([str(seeds), "--plot"])  # only seeds vary: learning curves alone
+    assert not (seeds / "report.png").exists()
 
 
 # -- a real 2×2 grid: killed after its first job, re-launched into the same directory ---------------------------
@@ -203,7 +226,7 @@ def test_relaunch_runs_only_the_missing_jobs(grid: dict) -> None:
 @pytest.mark.slow
 def test_report_of_the_grid(grid: dict, tmp_path: Path) -> None:
     plot = tmp_path / "acc.png"
-    args = [*REPORT, str(grid["dir"]), "--plot", str(plot), "--x", "data.examples_per_class"]
+    args = [*REPORT, str(grid["dir"]), "--plot", str(plot)]  # x: the one swept key, data.examples_per_class
     result = run_cli(*args, "--plot-metric", "test/acc", cwd=grid["cwd"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 jobs in 2 groups (grouped by overrides except seed)" in result.stdout
@@ -214,6 +237,18 @@ def test_report_of_the_grid(grid: dict, tmp_path: Path) -> None:
     table = list(csv.DictReader((grid["dir"] / "report.csv").open()))
     assert [(r["data.examples_per_class"], r["test/acc_n"]) for r in table] == [("2", "2"), ("4", "2")]
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    # The Markdown report (next to the CSV) shows the plot and the learning curves by relative links.
+    markdown = (grid["dir"] / "report.md").read_text()
+    links = re.findall(r"!\[(.*?)\]\((.*?)\)", markdown)
+    assert [title for title, _ in links] == [
+        "test/acc against data.examples_per_class",
+        "val/acc per step",
+        "train/loss per step",
+        "val/loss per step",
+    ]
+    for _, link in links:
+        assert not Path(link).is_absolute() and (grid["dir"] / link).read_bytes()[:4] == b"\x89PNG", link
+    assert (grid["dir"] / links[2][1]).resolve() == tmp_path / "acc-curve-train_loss.png"
 
 
 @pytest.mark.slow
@@ -260,6 +295,63 @@ def test_tensorboard_lists_each_job_with_hparams_and_final_metrics(grid: dict) -
         stored = json.loads((grid["dir"] / name / "metrics.json").read_text())["metrics"]
         assert final["final/test/acc"] == pytest.approx(stored["test/acc"], abs=1e-6)
         assert final["final/val/acc"] == pytest.approx(stored["val/acc"], abs=1e-6)
+
+
+# -- learning curves of a real sweep: two seeds, three epochs ---------------------------------------------------
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("seeds")
+    sweep_dir = cwd / "sweep"
+    args = ["-m", "debug=tiny", "trainer.max_epochs=3", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli("tl-train", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def raw_scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """`tag`'s points read straight from the event records (not through tl-report's reader)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    points = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    points[event.step] = float(tensor_util.make_ndarray(value.tensor))
+    return points
+
+
+@pytest.mark.slow
+def test_learning_curves_average_the_seeds_step_by_step(seeds: Path) -> None:
+    from transferlab.curves import mean_band, read_scalars
+
+    jobs = sorted(p for p in seeds.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 2
+    for tag in ("train/loss", "val/acc"):
+        raw = [raw_scalars(job, tag) for job in jobs]
+        assert [len(points) for points in raw] == [3, 3] and raw[0].keys() == raw[1].keys(), raw
+        assert raw[0] != raw[1], "the seeds should differ, or the mean cannot be told from either run"
+        curve = mean_band(tag, [read_scalars(job)[tag] for job in jobs])
+        table = [[points[step] for step in sorted(points)] for points in raw]  # runs × steps
+        assert curve.steps == sorted(raw[0]) and curve.runs == 2
+        assert curve.mean == pytest.approx([(a + b) / 2 for a, b in zip(*table)], abs=1e-6)
+        assert curve.low == pytest.approx([min(a, b) for a, b in zip(*table)], abs=1e-6)
+        assert curve.high == pytest.approx([max(a, b) for a, b in zip(*table)], abs=1e-6)
+        finals = [json.loads((job / "metrics.json").read_text())["metrics"][tag] for job in jobs]
+        assert curve.mean[-1] == pytest.approx(sum(finals) / 2, abs=1e-6)  # the last point is the final metric
+
+
+@pytest.mark.slow
+def test_report_plot_of_seeds_draws_curves_only(seeds: Path, tmp_path: Path) -> None:
+    result = run_cli(*REPORT, str(seeds), "--plot", "--curves", "train/loss,time/epoch_s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "![train/loss per step](report-curve-train_loss.png)" in result.stdout
+    assert "![time/epoch_s per step](report-curve-time_epoch_s.png)" in result.stdout
+    assert "against" not in result.stdout and not (seeds / "report.png").exists()  # nothing swept but seeds
+    assert (seeds / "report-curve-time_epoch_s.png").read_bytes()[:4] == b"\x89PNG"
+    typo = run_cli(*REPORT, str(seeds), "--plot", "--curves", "train/los", cwd=tmp_path)
+    assert typo.returncode == 2 and "error: --curves: no job logged train/los. Did you mean train/loss" in typo.stderr
 
 
 # -- Optuna and submitit ----------------------------------------------------------------------------------------
