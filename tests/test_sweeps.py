@@ -359,6 +359,7 @@ def test_report_plot_of_seeds_draws_curves_only(seeds: Path, tmp_path: Path) -> 
 def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "optuna"
     args = ["-m", "sweep=optuna", "debug=tiny", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}"]
+    args.append("hydra.sweeper.pruner=null")  # pruning off: Hydra's own sweep (the study in memory)
     # The search space can be changed on the command line; here: only the small backbone, to keep it quick.
     result = run_cli("tl-train", *args, "model.backbone.name=choice(mobilenet_v3_small)", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -372,6 +373,67 @@ def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(s["monitor"]["best"] for s in summaries))
     assert "Directions: ['maximize']" in result.stdout + result.stderr
+    assert not (sweep_dir / "optuna.db").exists() and not any("optuna_trial" in s for s in summaries)
+
+
+# Learning rates that learn (0.01–0.03) and absurd ones (1–3: the loss explodes), one objective: val/loss.
+# Optuna's sampler is seeded (by `seed`), so the trials' order is fixed: seed 9 samples 0.02, 3.0, 0.01, 2.0, 0.03.
+PRUNING = [
+    "-m",
+    "sweep=optuna",
+    "debug=tiny",
+    "trainer.max_epochs=3",
+    "monitor.metric=val/loss",
+    "monitor.mode=min",
+    "seed=9",
+    "hydra.sweeper.n_trials=5",
+    "hydra.sweeper.pruner.n_startup_trials=1",  # the median of the first (finished) trial is the bar
+    "hydra.sweeper.pruner.n_warmup_steps=0",
+    "model.optimizer.lr=choice(0.01,0.02,0.03,1.0,2.0,3.0)",
+    "model.optimizer.weight_decay=0.0001",
+    "model.finetune.backbone_lr_mult=1.0",
+]
+
+
+@pytest.mark.slow
+def test_optuna_prunes_trials_clearly_worse_than_the_others(tmp_path: Path) -> None:
+    import optuna
+
+    sweep_dir = tmp_path / "pruning"
+    result = run_cli("tl-train", *PRUNING, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = {}
+    for path in sweep_dir.glob("*/metrics.json"):
+        summary = json.loads(path.read_text())
+        summaries[summary["optuna_trial"]["number"]] = summary
+    assert sorted(summaries) == [0, 1, 2, 3, 4]
+    lr = {n: float(dict(o.split("=", 1) for o in s["overrides"])["model.optimizer.lr"]) for n, s in summaries.items()}
+    assert len(set(lr.values())) == 5 and lr[0] < 1, lr  # the sampling the comment above describes
+    pruned = {n for n, s in summaries.items() if s["optuna_trial"]["pruned"]}
+    assert {n for n in lr if lr[n] >= 1} <= pruned and 0 not in pruned, (lr, pruned)  # absurd ones stopped early
+    for n in pruned:
+        assert (
+            summaries[n]["epochs"] < 3 and summaries[n]["optuna_trial"]["pruned_at_epoch"] == summaries[n]["epochs"] - 1
+        )
+        assert "test/loss" in summaries[n]["metrics"]  # a pruned job ends normally: tested, metrics.json written
+    for n in set(summaries) - pruned:
+        assert summaries[n]["epochs"] == 3 and summaries[n]["optuna_trial"]["pruned_at_epoch"] is None
+    # The study the sweeper and the jobs shared: pruned trials are PRUNED (not COMPLETE with a bad value), with
+    # every epoch's value their job reported; the best trial is a finished one.
+    study = optuna.load_study(study_name="debug", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = {t.number: t.state for t in study.trials}
+    assert {n for n, state in states.items() if state == optuna.trial.TrialState.PRUNED} == pruned
+    assert {n for n, state in states.items() if state == optuna.trial.TrialState.COMPLETE} == set(summaries) - pruned
+    assert all(len(t.intermediate_values) == summaries[t.number]["epochs"] for t in study.trials)
+    assert study.best_trial.number not in pruned
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["pruned_trials"] == len(pruned) and results["best_value"] == study.best_value
+    # tl-report counts them and says which.
+    report_run = run_cli(*REPORT, str(sweep_dir), cwd=tmp_path)
+    assert report_run.returncode == 0, report_run.stderr[-3000:]
+    assert f"Pruned by Optuna: {len(pruned)} of 5 trials" in report_run.stdout
+    rows = list(csv.DictReader((sweep_dir / "report.csv").open()))
+    assert sorted(int(r["pruned"]) for r in rows) == sorted(int(n in pruned) for n in summaries)
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ class Job:
     overrides: dict[str, str]
     metrics: dict[str, float] | None
     monitored: str | None = None  # the metric the run's checkpointing and early stopping watched
+    pruned_at_epoch: int | None = None  # an Optuna trial stopped early by its pruner (sweep=optuna)
 
 
 @dataclass
@@ -48,6 +49,9 @@ class Group:
 
     def values(self, metric: str) -> list[float]:
         return [job.metrics[metric] for job in self.jobs if job.metrics and metric in job.metrics]
+
+    def pruned(self) -> int:
+        return sum(job.pruned_at_epoch is not None for job in self.jobs)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -69,7 +73,8 @@ def read_job(job_dir: Path) -> Job:
         if best is not None:
             metrics[f"best {summary['monitor']['metric']}"] = float(best)
         monitored = summary.get("monitor", {}).get("metric")
-        return Job(job_dir, parse_overrides(summary.get("overrides", [])), metrics, monitored)
+        pruned_at = (summary.get("optuna_trial") or {}).get("pruned_at_epoch")
+        return Job(job_dir, parse_overrides(summary.get("overrides", [])), metrics, monitored, pruned_at)
     overrides_path = job_dir / ".hydra" / "overrides.yaml"
     overrides: list[str] = []
     if overrides_path.is_file():
@@ -129,12 +134,15 @@ def format_cell(values: Sequence[float]) -> str:
 
 
 def markdown_table(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> str:
-    header = [*keys, "jobs", *metrics]
+    """One row per group; a "pruned" column when Optuna stopped some of the jobs early."""
+    any_pruned = any(group.pruned() for group in groups)
+    header = [*keys, "jobs", *(["pruned"] if any_pruned else []), *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         overrides = dict(group.key)
         finished = sum(job.metrics is not None for job in group.jobs)
         cells = [overrides.get(k, "") for k in keys] + [f"{finished}/{len(group.jobs)}"]
+        cells += [str(group.pruned())] if any_pruned else []
         cells += [format_cell(group.values(metric)) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -143,11 +151,12 @@ def markdown_table(groups: Sequence[Group], keys: Sequence[str], metrics: Sequen
 def csv_text(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([*keys, "jobs", "finished"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")])
+    header = [*keys, "jobs", "finished", "pruned"]
+    writer.writerow(header + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")])
     for group in groups:
         overrides = dict(group.key)
         row: list[Any] = [overrides.get(k, "") for k in keys]
-        row += [len(group.jobs), sum(job.metrics is not None for job in group.jobs)]
+        row += [len(group.jobs), sum(job.metrics is not None for job in group.jobs), group.pruned()]
         for metric in metrics:
             values = group.values(metric)
             mean, std = mean_std(values)
@@ -304,6 +313,14 @@ def report(argv: Sequence[str] | None = None) -> str:
     if constant:
         text.append(f"common overrides: {' '.join(constant)}")
     text += ["", markdown_table(groups, keys, metrics)]
+    pruned = [job for job in jobs if job.pruned_at_epoch is not None]
+    if pruned:
+        text += [
+            "",
+            f"Pruned by Optuna: {len(pruned)} of {len(jobs)} trials, stopped early (at the epoch shown) as "
+            "clearly worse than the others; their metrics come from fewer epochs:",
+        ]
+        text += [f"- {job.path.name} (epoch {job.pruned_at_epoch + 1})" for job in pruned]
     unfinished = [job for job in jobs if job.metrics is None]
     if unfinished:
         text += ["", f"Unfinished jobs (no {METRICS_FILE}: failed, killed or still running):"]
