@@ -158,9 +158,9 @@ def test_report_plot_defaults_and_refusals(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     for name, lr in (("dncnn", "0.1"), ("dncnn", "0.01"), ("unet", "0.1")):
         fake_job(sweep, [f"model.name={name}", f"model.lr={lr}", "seed=0"], {"val/psnr": 30.0, "test/psnr": 29.0})
-    with pytest.raises(UserError, match=r"--plot: these jobs sweep model.lr, model.name. Pass --x KEY"):
-        report([str(sweep), "--plot"])
-    assert not (sweep / "report.md").exists() and not (sweep / "report.csv").exists()
+    text = report([str(sweep), "--plot"])
+    assert "No plot against a swept key: these jobs sweep model.lr, model.name; pass --x KEY to pick one." in text
+    assert "against" not in text.split("pick one.")[1] and not (sweep / "report.png").exists()
     text = report([str(sweep), "--plot", "--x", "model.lr", "--plot-metric", "test/psnr"])
     assert "![test/psnr against model.lr](report.png)" in text  # --plot alone: next to the report
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"

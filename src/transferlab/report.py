@@ -344,13 +344,13 @@ def report(argv: Sequence[str] | None = None) -> str:
 def draw_plots(
     args: argparse.Namespace, groups: Sequence[Group], metrics: Sequence[str], path: Path, notes: list[str]
 ) -> list[tuple[str, Path]]:
-    """The metric-against-key plot (when a key is swept) and the learning curves: ``[(title, png)]``."""
+    """The metric-against-key plot (with --x, or when one key is swept) and the learning curves: ``[(title, png)]``."""
     if not any(job.metrics is not None for group in groups for job in group.jobs):
         raise UserError("--plot: no job has finished yet, nothing to plot. Run it again when one has")
     keys = varying_keys(groups)
-    if args.x_key is None and len(keys) > 1:
-        raise UserError(f"--plot: these jobs sweep {', '.join(keys)}. Pass --x KEY, the one for the x axis")
-    x_key = args.x_key or next(iter(keys), None)  # only seeds vary: learning curves alone
+    x_key = args.x_key or (keys[0] if len(keys) == 1 else None)  # only seeds vary: learning curves alone
+    if x_key is None and keys:
+        notes.append(f"No plot against a swept key: these jobs sweep {', '.join(keys)}; pass --x KEY to pick one.")
     figures = []
     if x_key:
         plot_metric = args.plot_metric or (args.metrics[0] if args.metrics else metrics[0])
