@@ -100,7 +100,7 @@ CONFIG_CASES = [
     ("tl-predict", ["inptu=photos"], "error: unknown key inptu. Did you mean input"),
     ("tl-report", ["nosuchdir"], "error: nosuchdir is not a directory"),
     ("tl-report", ["--format", "xml", "."], "error: unrecognized arguments: --format"),
-    ("tl-report", ["--plot", "p.png", "."], "error: --plot needs --x KEY"),
+    ("tl-report", [".", "--plot", "plots"], "error: --plot plots: not a .png file name"),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,7 +131,7 @@ def test_report_mean_std_count_and_unfinished_jobs(tmp_path: Path, capsys: pytes
     fake_job(sweep, ["model.name=unet", "seed=0"], {"val/psnr": 35.0, "test/psnr": 34.0})
     fake_job(sweep, ["model.name=unet", "seed=1"], None)  # killed: no metrics.json
 
-    text = report([str(sweep), "--plot", str(tmp_path / "psnr.png"), "--x", "model.name"])
+    text = report([str(sweep), "--plot", str(tmp_path / "psnr.png")])  # --x: the one swept key
     assert "| model.name | jobs | best val/psnr | test/psnr | val/psnr |" in text
     assert "| dncnn | 3/3 | 32.0000 ± 2.0000 (n=3) | 31.0000 ± 2.0000 (n=3) |" in text
     assert "| unet | 1/2 | 35.0000 (n=1) |" in text
@@ -144,8 +145,30 @@ def test_report_mean_std_count_and_unfinished_jobs(tmp_path: Path, capsys: pytes
         ("unet", "2", "1", "1"),
     ]
     assert (tmp_path / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Hand-made jobs have no TensorBoard events: no learning curves, one note, no crash.
+    assert "Curves leave out 4 job(s) without TensorBoard events (logger=csv or none): model.name=dncnn,seed=0" in text
+    assert not list(tmp_path.glob("psnr-curve-*"))
+    assert (sweep / "report.md").read_text() == text.split("\n\nMarkdown: ")[0] + "\n"
+    assert "![best val/psnr against model.name](../psnr.png)" in text
     with pytest.raises(UserError, match="not a directory"):
         report([str(tmp_path / "missing")])
+
+
+def test_report_plot_defaults_and_refusals(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for name, lr in (("dncnn", "0.1"), ("dncnn", "0.01"), ("unet", "0.1")):
+        fake_job(sweep, [f"model.name={name}", f"model.lr={lr}", "seed=0"], {"val/psnr": 30.0, "test/psnr": 29.0})
+    text = report([str(sweep), "--plot"])
+    assert "No plot against a swept key: these jobs sweep model.lr, model.name; pass --x KEY to pick one." in text
+    assert "against" not in text.split("pick one.")[1] and not (sweep / "report.png").exists()
+    text = report([str(sweep), "--plot", "--x", "model.lr", "--plot-metric", "test/psnr"])
+    assert "![test/psnr against model.lr](report.png)" in text  # --plot alone: next to the report
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+    seeds = tmp_path / "seeds"
+    for seed in (0, 1):
+        fake_job(seeds, ["model.name=dncnn", f"seed={seed}"], {"val/psnr": 30.0})
+    assert "against" not in report([str(seeds), "--plot"])  # only seeds vary: learning curves alone
+    assert not (seeds / "report.png").exists()
 
 
 # -- a real 2×2 grid: killed after its first job, re-launched into the same directory ---------------------------
@@ -204,7 +227,7 @@ def test_relaunch_runs_only_the_missing_jobs(grid: dict) -> None:
 @pytest.mark.slow
 def test_report_of_the_grid(grid: dict, tmp_path: Path) -> None:
     plot = tmp_path / "acc.png"
-    args = [*REPORT, str(grid["dir"]), "--plot", str(plot), "--x", "data.examples_per_class"]
+    args = [*REPORT, str(grid["dir"]), "--plot", str(plot)]  # x: the one swept key, data.examples_per_class
     result = run_cli(*args, "--plot-metric", "test/acc", cwd=grid["cwd"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 jobs in 2 groups (grouped by overrides except seed)" in result.stdout
@@ -215,6 +238,18 @@ def test_report_of_the_grid(grid: dict, tmp_path: Path) -> None:
     table = list(csv.DictReader((grid["dir"] / "report.csv").open()))
     assert [(r["data.examples_per_class"], r["test/acc_n"]) for r in table] == [("2", "2"), ("4", "2")]
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    # The Markdown report (next to the CSV) shows the plot and the learning curves by relative links.
+    markdown = (grid["dir"] / "report.md").read_text()
+    links = re.findall(r"!\[(.*?)\]\((.*?)\)", markdown)
+    assert [title for title, _ in links] == [
+        "test/acc against data.examples_per_class",
+        "val/acc per step",
+        "train/loss per step",
+        "val/loss per step",
+    ]
+    for _, link in links:
+        assert not Path(link).is_absolute() and (grid["dir"] / link).read_bytes()[:4] == b"\x89PNG", link
+    assert (grid["dir"] / links[2][1]).resolve() == tmp_path / "acc-curve-train_loss.png"
 
 
 @pytest.mark.slow
@@ -263,11 +298,69 @@ def test_tensorboard_lists_each_job_with_hparams_and_final_metrics(grid: dict) -
         assert final["final/val/acc"] == pytest.approx(stored["val/acc"], abs=1e-6)
 
 
+# -- learning curves of a real sweep: two seeds, three epochs ---------------------------------------------------
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("seeds")
+    sweep_dir = cwd / "sweep"
+    args = ["-m", "debug=tiny", "trainer.max_epochs=3", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_cli("tl-train", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def raw_scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """`tag`'s points read straight from the event records (not through tl-report's reader)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    points = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    points[event.step] = float(tensor_util.make_ndarray(value.tensor))
+    return points
+
+
+@pytest.mark.slow
+def test_learning_curves_average_the_seeds_step_by_step(seeds: Path) -> None:
+    from transferlab.curves import mean_band, read_scalars
+
+    jobs = sorted(p for p in seeds.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 2
+    for tag in ("train/loss", "val/acc"):
+        raw = [raw_scalars(job, tag) for job in jobs]
+        assert [len(points) for points in raw] == [3, 3] and raw[0].keys() == raw[1].keys(), raw
+        assert raw[0] != raw[1], "the seeds should differ, or the mean cannot be told from either run"
+        curve = mean_band(tag, [read_scalars(job)[tag] for job in jobs])
+        table = [[points[step] for step in sorted(points)] for points in raw]  # runs × steps
+        assert curve.steps == sorted(raw[0]) and curve.runs == 2
+        assert curve.mean == pytest.approx([(a + b) / 2 for a, b in zip(*table)], abs=1e-6)
+        assert curve.low == pytest.approx([min(a, b) for a, b in zip(*table)], abs=1e-6)
+        assert curve.high == pytest.approx([max(a, b) for a, b in zip(*table)], abs=1e-6)
+        finals = [json.loads((job / "metrics.json").read_text())["metrics"][tag] for job in jobs]
+        assert curve.mean[-1] == pytest.approx(sum(finals) / 2, abs=1e-6)  # the last point is the final metric
+
+
+@pytest.mark.slow
+def test_report_plot_of_seeds_draws_curves_only(seeds: Path, tmp_path: Path) -> None:
+    result = run_cli(*REPORT, str(seeds), "--plot", "--curves", "train/loss,time/epoch_s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "![train/loss per step](report-curve-train_loss.png)" in result.stdout
+    assert "![time/epoch_s per step](report-curve-time_epoch_s.png)" in result.stdout
+    assert "against" not in result.stdout and not (seeds / "report.png").exists()  # nothing swept but seeds
+    assert (seeds / "report-curve-time_epoch_s.png").read_bytes()[:4] == b"\x89PNG"
+    typo = run_cli(*REPORT, str(seeds), "--plot", "--curves", "train/los", cwd=tmp_path)
+    assert typo.returncode == 2 and "error: --curves: no job logged train/los. Did you mean train/loss" in typo.stderr
+
+
 # -- Optuna and submitit ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "optuna"
     args = ["-m", "sweep=optuna", "debug=tiny", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}"]
+    args.append("hydra.sweeper.pruner=null")  # pruning off: Hydra's own sweep (the study in memory)
     # The search space can be changed on the command line; here: only the small backbone, to keep it quick.
     result = run_cli("tl-train", *args, "model.backbone.name=choice(mobilenet_v3_small)", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -281,6 +374,67 @@ def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(s["monitor"]["best"] for s in summaries))
     assert "Directions: ['maximize']" in result.stdout + result.stderr
+    assert not (sweep_dir / "optuna.db").exists() and not any("optuna_trial" in s for s in summaries)
+
+
+# Learning rates that learn (0.01–0.03) and absurd ones (1–3: the loss explodes), one objective: val/loss.
+# Optuna's sampler is seeded (by `seed`), so the trials' order is fixed: seed 9 samples 0.02, 3.0, 0.01, 2.0, 0.03.
+PRUNING = [
+    "-m",
+    "sweep=optuna",
+    "debug=tiny",
+    "trainer.max_epochs=3",
+    "monitor.metric=val/loss",
+    "monitor.mode=min",
+    "seed=9",
+    "hydra.sweeper.n_trials=5",
+    "hydra.sweeper.pruner.n_startup_trials=1",  # the median of the first (finished) trial is the bar
+    "hydra.sweeper.pruner.n_warmup_steps=0",
+    "model.optimizer.lr=choice(0.01,0.02,0.03,1.0,2.0,3.0)",
+    "model.optimizer.weight_decay=0.0001",
+    "model.finetune.backbone_lr_mult=1.0",
+]
+
+
+@pytest.mark.slow
+def test_optuna_prunes_trials_clearly_worse_than_the_others(tmp_path: Path) -> None:
+    import optuna
+
+    sweep_dir = tmp_path / "pruning"
+    result = run_cli("tl-train", *PRUNING, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = {}
+    for path in sweep_dir.glob("*/metrics.json"):
+        summary = json.loads(path.read_text())
+        summaries[summary["optuna_trial"]["number"]] = summary
+    assert sorted(summaries) == [0, 1, 2, 3, 4]
+    lr = {n: float(dict(o.split("=", 1) for o in s["overrides"])["model.optimizer.lr"]) for n, s in summaries.items()}
+    assert len(set(lr.values())) == 5 and lr[0] < 1, lr  # the sampling the comment above describes
+    pruned = {n for n, s in summaries.items() if s["optuna_trial"]["pruned"]}
+    assert {n for n in lr if lr[n] >= 1} <= pruned and 0 not in pruned, (lr, pruned)  # absurd ones stopped early
+    for n in pruned:
+        assert (
+            summaries[n]["epochs"] < 3 and summaries[n]["optuna_trial"]["pruned_at_epoch"] == summaries[n]["epochs"] - 1
+        )
+        assert "test/loss" in summaries[n]["metrics"]  # a pruned job ends normally: tested, metrics.json written
+    for n in set(summaries) - pruned:
+        assert summaries[n]["epochs"] == 3 and summaries[n]["optuna_trial"]["pruned_at_epoch"] is None
+    # The study the sweeper and the jobs shared: pruned trials are PRUNED (not COMPLETE with a bad value), with
+    # every epoch's value their job reported; the best trial is a finished one.
+    study = optuna.load_study(study_name="debug", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = {t.number: t.state for t in study.trials}
+    assert {n for n, state in states.items() if state == optuna.trial.TrialState.PRUNED} == pruned
+    assert {n for n, state in states.items() if state == optuna.trial.TrialState.COMPLETE} == set(summaries) - pruned
+    assert all(len(t.intermediate_values) == summaries[t.number]["epochs"] for t in study.trials)
+    assert study.best_trial.number not in pruned
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["pruned_trials"] == len(pruned) and results["best_value"] == study.best_value
+    # tl-report counts them and says which.
+    report_run = run_cli(*REPORT, str(sweep_dir), cwd=tmp_path)
+    assert report_run.returncode == 0, report_run.stderr[-3000:]
+    assert f"Pruned by Optuna: {len(pruned)} of 5 trials" in report_run.stdout
+    rows = list(csv.DictReader((sweep_dir / "report.csv").open()))
+    assert sorted(int(r["pruned"]) for r in rows) == sorted(int(n in pruned) for n in summaries)
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 import os
 import sys
 import time
@@ -16,6 +18,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from transferlab.constants import OPTUNA_TRIAL_ENV
 from transferlab.utils.errors import UserError
 
 
@@ -272,6 +275,68 @@ class EpochTimer(pl.Callback):
         if self._boundary is not None:
             times["time/boundary_s"] = self._boundary
         pl_module.log_dict({k: torch.tensor(v) for k, v in times.items()}, sync_dist=False, rank_zero_only=True)
+
+
+class OptunaPruning(pl.Callback):
+    """Report the monitored metric after each validation to this job's Optuna trial, and stop the run at the end
+    of the epoch when the trial's pruner finds it clearly worse than the other trials at the same epoch.
+
+    Hydra's Optuna sweeper keeps trial objects in its own process; transferlab's (``sweep=optuna``) hands the
+    job its trial through the environment instead (`OPTUNA_TRIAL_ENV`: storage URL, study name, trial number,
+    pruner config), and the job reaches the study through that shared storage. A pruned job exits normally
+    (testing its best checkpoint as usual) and says so in ``metrics.json``, from which the sweeper tells
+    Optuna the trial was PRUNED. Without a trial in the environment (a single run, another sweeper) the
+    callback does nothing.
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        spec = os.environ.get(OPTUNA_TRIAL_ENV)
+        self.handover: dict[str, Any] | None = json.loads(spec) if spec else None
+        self.pruned_at_epoch: int | None = None
+        self._trial: Any = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.handover is None or trainer.sanity_checking or self.pruned_at_epoch is not None:
+            return
+        prune = False
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.is_global_zero and value is not None:  # one process talks to the storage
+            trial = self._connect()
+            trial.report(float(value), step=trainer.current_epoch)
+            prune = trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0):
+            self.pruned_at_epoch = trainer.current_epoch
+            trainer.should_stop = True
+
+    def _connect(self) -> Any:
+        if self._trial is None:
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage imports it: a line per plugin
+            import optuna
+            from hydra.utils import instantiate
+
+            assert self.handover is not None
+            pruner = instantiate(self.handover["pruner"]) if self.handover["pruner"] else None
+            study = optuna.load_study(
+                study_name=self.handover["study_name"], storage=self.handover["storage"], pruner=pruner
+            )
+            number = self.handover["trial"]
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+            self._trial = optuna.trial.Trial(study, frozen._trial_id)
+        return self._trial
+
+    def run_summary(self) -> dict[str, Any]:
+        """What ``metrics.json`` records: the trial, and whether (and when) it was pruned."""
+        if self.handover is None:
+            return {}
+        trial = {"study": self.handover["study_name"], "number": self.handover["trial"]}
+        return {
+            "optuna_trial": {
+                **trial,
+                "pruned": self.pruned_at_epoch is not None,
+                "pruned_at_epoch": self.pruned_at_epoch,
+            }
+        }
 
 
 @rank_zero_only

@@ -17,3 +17,8 @@ CKPT_PATH_HINT = f"Pass ckpt_path=<run dir>/{CHECKPOINT_DIR}/{BEST_CHECKPOINT}" 
 
 # Image files every reader accepts (torchvision's ImageFolder list, so folders read the same everywhere).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# How transferlab's Optuna sweeper hands a trial to its job (hydra_plugins.transferlab_optuna): an environment
+# variable holding JSON {"storage", "study_name", "trial", "pruner"}, set per job through hydra.job.env_set.
+OPTUNA_TRIAL_ENV = "TL_OPTUNA_TRIAL"
+OPTUNA_STUDY_DB = "optuna.db"  # the study's SQLite file in the sweep directory, when hydra.sweeper.storage is null

@@ -1,4 +1,5 @@
-"""`tl-report DIR…`: turn sweeps into a results table (mean ± std over seeds) and, optionally, a plot.
+"""`tl-report DIR…`: turn sweeps into a results table (mean ± std over seeds) and, optionally, plots: the final
+metric against the swept key, and learning curves from the runs' TensorBoard events (mean and band over seeds).
 
 Jobs are found by Hydra's ``.hydra/`` folder or transferlab's ``metrics.json``; a job without ``metrics.json``
 did not finish (failed, killed or still running) and is listed as such rather than dropped. Jobs are grouped by
@@ -13,14 +14,17 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from transferlab.constants import METRICS_FILE
+from transferlab.curves import has_events, mean_band, plot_curves, pyplot, read_scalars, save_png
 from transferlab.utils.errors import UserError, closest, report_user_errors
 from transferlab.utils.io import atomic_file
 
@@ -32,6 +36,8 @@ class Job:
     path: Path
     overrides: dict[str, str]
     metrics: dict[str, float] | None
+    monitored: str | None = None  # the metric the run's checkpointing and early stopping watched
+    pruned_at_epoch: int | None = None  # an Optuna trial stopped early by its pruner (sweep=optuna)
 
 
 @dataclass
@@ -43,6 +49,9 @@ class Group:
 
     def values(self, metric: str) -> list[float]:
         return [job.metrics[metric] for job in self.jobs if job.metrics and metric in job.metrics]
+
+    def pruned(self) -> int:
+        return sum(job.pruned_at_epoch is not None for job in self.jobs)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -63,7 +72,9 @@ def read_job(job_dir: Path) -> Job:
         best = summary.get("monitor", {}).get("best")
         if best is not None:
             metrics[f"best {summary['monitor']['metric']}"] = float(best)
-        return Job(job_dir, parse_overrides(summary.get("overrides", [])), metrics)
+        monitored = summary.get("monitor", {}).get("metric")
+        pruned_at = (summary.get("optuna_trial") or {}).get("pruned_at_epoch")
+        return Job(job_dir, parse_overrides(summary.get("overrides", [])), metrics, monitored, pruned_at)
     overrides_path = job_dir / ".hydra" / "overrides.yaml"
     overrides: list[str] = []
     if overrides_path.is_file():
@@ -123,12 +134,15 @@ def format_cell(values: Sequence[float]) -> str:
 
 
 def markdown_table(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> str:
-    header = [*keys, "jobs", *metrics]
+    """One row per group; a "pruned" column when Optuna stopped some of the jobs early."""
+    any_pruned = any(group.pruned() for group in groups)
+    header = [*keys, "jobs", *(["pruned"] if any_pruned else []), *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         overrides = dict(group.key)
         finished = sum(job.metrics is not None for job in group.jobs)
         cells = [overrides.get(k, "") for k in keys] + [f"{finished}/{len(group.jobs)}"]
+        cells += [str(group.pruned())] if any_pruned else []
         cells += [format_cell(group.values(metric)) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -137,11 +151,12 @@ def markdown_table(groups: Sequence[Group], keys: Sequence[str], metrics: Sequen
 def csv_text(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([*keys, "jobs", "finished"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")])
+    header = [*keys, "jobs", "finished", "pruned"]
+    writer.writerow(header + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")])
     for group in groups:
         overrides = dict(group.key)
         row: list[Any] = [overrides.get(k, "") for k in keys]
-        row += [len(group.jobs), sum(job.metrics is not None for job in group.jobs)]
+        row += [len(group.jobs), sum(job.metrics is not None for job in group.jobs), group.pruned()]
         for metric in metrics:
             values = group.values(metric)
             mean, std = mean_std(values)
@@ -157,26 +172,28 @@ def _as_number(value: str) -> float | str:
         return value
 
 
+def group_label(group: Group, keys: Sequence[str], fallback: str) -> str:
+    """A group's name in a legend: its values of the varying `keys` (``data.examples_per_class=2``)."""
+    return ",".join(f"{k}={v}" for k, v in group.key if k in keys) or fallback
+
+
 def plot(groups: Sequence[Group], metric: str, x_key: str, path: Path) -> None:
     """`metric` (mean ± std) against the swept `x_key`, one line per combination of the other overrides."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not any(x_key in dict(group.key) for group in groups):
         raise UserError(f"--x {x_key} is not an override of these jobs. Use one of: {', '.join(varying_keys(groups))}")
+    others = [k for k in varying_keys(groups) if k != x_key]
     lines: dict[str, list[tuple[Any, float, float]]] = {}
     for group in groups:
         overrides = dict(group.key)
         values = group.values(metric)
         if x_key not in overrides or not values:
             continue
-        label = ",".join(f"{k}={v}" for k, v in group.key if k != x_key and k in varying_keys(groups)) or metric
         mean, std = mean_std(values)
-        lines.setdefault(label, []).append((_as_number(overrides[x_key]), mean, 0.0 if math.isnan(std) else std))
+        point = (_as_number(overrides[x_key]), mean, 0.0 if math.isnan(std) else std)
+        lines.setdefault(group_label(group, others, metric), []).append(point)
     if not lines:
         raise UserError(f"no finished job logged {metric}. Pick a metric from the table's columns")
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, points in sorted(lines.items()):
         points.sort(key=lambda p: (isinstance(p[0], str), p[0]))
@@ -189,10 +206,53 @@ def plot(groups: Sequence[Group], metric: str, x_key: str, path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
+    save_png(figure, path)
     plt.close(figure)
+
+
+def default_curve_tags(jobs: Sequence[Job]) -> list[str]:
+    """The monitored metric(s), then the training and validation loss."""
+    return list(dict.fromkeys([*sorted({job.monitored for job in jobs if job.monitored}), "train/loss", "val/loss"]))
+
+
+def learning_curves(
+    groups: Sequence[Group], tags: Sequence[str] | None, stem: Path, notes: list[str]
+) -> list[tuple[str, Path]]:
+    """One PNG per tag (``<stem>-curve-<tag>.png``), one line per group: mean over its finished jobs' events.
+
+    `tags` None means the defaults, drawn where logged; an explicitly named tag no job logged is an error.
+    Jobs without event files (``logger=csv``/``none``) are left out with a note.
+    """
+    finished = [job for group in groups for job in group.jobs if job.metrics is not None]
+    without = [job for job in finished if not has_events(job.path)]
+    if without:
+        notes.append(
+            f"Curves leave out {len(without)} job(s) without TensorBoard events (logger=csv or none): "
+            + ", ".join(job.path.name for job in without)
+        )
+    series = {job.path: read_scalars(job.path) for job in finished if job not in without}
+    logged = {tag for scalars in series.values() for tag in scalars}
+    for tag in tags or []:
+        if series and tag not in logged:
+            raise UserError(f"--curves: no job logged {tag}.{closest(tag, logged)} Name scalars the runs logged")
+    keys = varying_keys(groups)
+    drawn = []
+    for tag in [t for t in (tags or default_curve_tags(finished)) if t in logged]:
+        curves = []
+        for group in groups:
+            runs = [series[job.path][tag] for job in group.jobs if tag in series.get(job.path, {})]
+            if runs:
+                curves.append(mean_band(f"{group_label(group, keys, 'all jobs')} (n={len(runs)})", runs))
+        path = stem.with_name(f"{stem.stem}-curve-{tag.replace('/', '_')}.png")
+        plot_curves(tag, curves, path)
+        drawn.append((f"{tag} per step", path))
+    return drawn
+
+
+def markdown_image(title: str, image: Path, markdown: Path) -> str:
+    """``![title](path)`` with `image`'s path relative to the Markdown file, so the pair can move together."""
+    relative = os.path.relpath(image.resolve(), markdown.resolve().parent)
+    return f"![{title}]({quote(Path(relative).as_posix())})"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,19 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", action="append", dest="metrics", help="metric column (repeatable); default: all")
     parser.add_argument("--ignore", action="append", default=None, help="override keys not to group by (default: seed)")
     parser.add_argument("--csv", type=Path, help="CSV path (default: <first DIR>/report.csv)")
-    parser.add_argument("--plot", type=Path, help="write a PNG plot of --plot-metric against --x here")
+    parser.add_argument("--markdown", type=Path, help="Markdown path (default: <first DIR>/report.md)")
     parser.add_argument(
-        "--x", dest="x_key", help="swept override key on the plot's x axis, e.g. data.examples_per_class"
+        "--plot",
+        nargs="?",
+        const=True,
+        metavar="PNG",
+        help="draw plots: --plot-metric against --x at PNG (default: <first DIR>/report.png) and learning "
+        "curves next to it (<PNG stem>-curve-<metric>.png)",
+    )
+    parser.add_argument(
+        "--x", dest="x_key", help="swept override on the plot's x axis (default: the one swept key, if one)"
     )
     parser.add_argument("--plot-metric", help="metric to plot (default: the first --metric or the monitored best)")
+    parser.add_argument(
+        "--curves",
+        type=lambda text: [tag for tag in text.split(",") if tag],
+        help="comma-separated scalars for learning curves (default: the monitored metric, train/loss, val/loss)",
+    )
     return parser
 
 
 def report(argv: Sequence[str] | None = None) -> str:
     """Build the report for `argv`; return the Markdown (also written to stdout by `main`)."""
     args = build_parser().parse_args(argv)
-    if args.plot and not args.x_key:
-        raise UserError("--plot needs --x KEY, the swept override on the x axis (e.g. --x data.examples_per_class)")
+    plot_path = args.dirs[0] / "report.png" if args.plot is True else args.plot and Path(args.plot)
+    if plot_path and plot_path.suffix.lower() != ".png":
+        raise UserError(f"--plot {plot_path}: not a .png file name. Give a PNG path, or --plot alone after the DIRs")
     jobs = find_jobs(args.dirs)
     ignore = args.ignore if args.ignore is not None else ["seed"]
     groups = group_jobs(jobs, ignore)
@@ -239,20 +313,50 @@ def report(argv: Sequence[str] | None = None) -> str:
     if constant:
         text.append(f"common overrides: {' '.join(constant)}")
     text += ["", markdown_table(groups, keys, metrics)]
+    pruned = [job for job in jobs if job.pruned_at_epoch is not None]
+    if pruned:
+        text += [
+            "",
+            f"Pruned by Optuna: {len(pruned)} of {len(jobs)} trials, stopped early (at the epoch shown) as "
+            "clearly worse than the others; their metrics come from fewer epochs:",
+        ]
+        text += [f"- {job.path.name} (epoch {job.pruned_at_epoch + 1})" for job in pruned]
     unfinished = [job for job in jobs if job.metrics is None]
     if unfinished:
         text += ["", f"Unfinished jobs (no {METRICS_FILE}: failed, killed or still running):"]
         text += [f"- {job.path}" for job in unfinished]
 
+    markdown_path = args.markdown or args.dirs[0] / "report.md"
     csv_path = args.csv or args.dirs[0] / "report.csv"
+    if plot_path:
+        figures = draw_plots(args, groups, metrics, plot_path, notes := [])
+        text += notes and ["", *notes]
+        for title, path in figures:
+            text += ["", markdown_image(title, path, markdown_path)]
     with atomic_file(csv_path) as tmp:
         tmp.write_text(csv_text(groups, keys, metrics))
-    text += ["", f"CSV: {csv_path}"]
-    if args.plot:
-        plot_metric = args.plot_metric or (args.metrics[0] if args.metrics else metrics[0])
-        plot(groups, plot_metric, args.x_key, args.plot)
-        text.append(f"Plot: {args.plot}")
+    with atomic_file(markdown_path) as tmp:
+        tmp.write_text("\n".join(text) + "\n")
+    text += ["", f"Markdown: {markdown_path}", f"CSV: {csv_path}"]
     return "\n".join(text)
+
+
+def draw_plots(
+    args: argparse.Namespace, groups: Sequence[Group], metrics: Sequence[str], path: Path, notes: list[str]
+) -> list[tuple[str, Path]]:
+    """The metric-against-key plot (with --x, or when one key is swept) and the learning curves: ``[(title, png)]``."""
+    if not any(job.metrics is not None for group in groups for job in group.jobs):
+        raise UserError("--plot: no job has finished yet, nothing to plot. Run it again when one has")
+    keys = varying_keys(groups)
+    x_key = args.x_key or (keys[0] if len(keys) == 1 else None)  # only seeds vary: learning curves alone
+    if x_key is None and keys:
+        notes.append(f"No plot against a swept key: these jobs sweep {', '.join(keys)}; pass --x KEY to pick one.")
+    figures = []
+    if x_key:
+        plot_metric = args.plot_metric or (args.metrics[0] if args.metrics else metrics[0])
+        plot(groups, plot_metric, x_key, path)
+        figures.append((f"{plot_metric} against {x_key}", path))
+    return figures + learning_curves(groups, args.curves, path, notes)
 
 
 @report_user_errors

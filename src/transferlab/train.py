@@ -128,6 +128,8 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         "overrides": task_overrides(),
         "version": __version__,
     }
+    for callback in callbacks:  # what a callback has to say about the run (e.g. an Optuna trial it pruned)
+        summary.update(callback.run_summary() if hasattr(callback, "run_summary") else {})
     if trainer.is_global_zero:
         log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
         write_json_atomic(job_dir / METRICS_FILE, summary)  # last: it marks the job finished
