@@ -80,13 +80,28 @@ def test_gpu_trainer_configs_compose(make_cfg, name: str) -> None:
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
 
 
+LOGGER_KINDS = {
+    "none": [],
+    "tensorboard": ["TensorBoardLogger"],
+    "csv": ["CSVLogger"],
+    "mlflow": ["MLFlowLogger"],
+    "wandb": ["WandbLogger"],
+    "many": ["TensorBoardLogger", "CSVLogger", "MLFlowLogger"],
+}
+
+
 @pytest.mark.parametrize("name", options("logger"))
-def test_logger_configs_instantiate(make_cfg, name: str) -> None:
+def test_logger_configs_instantiate(make_cfg, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make_cfg(f"logger={name}")
     loggers = instantiate_named(cfg.get("logger"))
-    assert len(loggers) == (0 if name == "none" else 1)
+    assert [type(logger).__name__ for logger in loggers] == LOGGER_KINDS[name]
     for logger in loggers:
-        assert Path(logger.log_dir) == Path(cfg.paths.output_dir)  # no name/version_N nesting
+        if type(logger).__name__ == "MLFlowLogger":  # one store for every run under outputs/
+            assert logger._tracking_uri == f"sqlite:///{cfg.paths.log_dir}/mlflow/mlflow.db"
+        else:  # files straight in the run directory: no name/version_N nesting
+            assert Path(logger.log_dir or logger.save_dir) == Path(cfg.paths.output_dir)
 
 
 @pytest.mark.parametrize("name", options("callbacks"))

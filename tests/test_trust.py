@@ -232,12 +232,20 @@ def test_every_target_the_shipped_configs_use_is_allowed() -> None:
     shipped = set()
     for path in (ROOT / "conf").rglob("*.yaml"):
         shipped |= set(re.findall(r"_target_:\s*([\w.]+)", path.read_text()))
-    # trainer, callbacks, the launcher and the sweeper's pruner are built by the command itself, never from a
-    # stored config
+    # trainer, callbacks, loggers, the launcher and the sweeper's pruner are built by the command itself, never from
+    # a stored config
     runtime_only = {
         t
         for t in shipped
-        if t.startswith(("pytorch_lightning.", "transferlab.callbacks.", "hydra_plugins.", "optuna.pruners."))
+        if t.startswith(
+            (
+                "pytorch_lightning.",
+                "transferlab.callbacks.",
+                "transferlab.loggers.",
+                "hydra_plugins.",
+                "optuna.pruners.",
+            )
+        )
     }
     refused = {t for t in shipped - runtime_only - ALLOWED_TARGETS if not is_network_class(t)}
     assert not refused, sorted(refused)

@@ -1,8 +1,7 @@
-"""Callbacks and logging helpers shared by all tasks (thin wrappers over Lightning's own)."""
+"""Callbacks shared by all tasks (thin wrappers over Lightning's own); logging helpers are in `transferlab.loggers`."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -15,40 +14,10 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor as _LearningRateMonitor
 from pytorch_lightning.callbacks import ModelCheckpoint as _ModelCheckpoint
 from pytorch_lightning.callbacks import RichProgressBar
-from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab.constants import OPTUNA_TRIAL_ENV
 from transferlab.utils.errors import UserError
-
-
-def log_figure(module: pl.LightningModule, tag: str, figure: Any) -> None:
-    """Send a matplotlib figure to every logger that takes figures (TensorBoard), on rank zero only."""
-    import matplotlib.pyplot as plt
-
-    if module.trainer.is_global_zero:
-        for logger in module.loggers:
-            add_figure = getattr(logger.experiment, "add_figure", None)
-            if add_figure is not None:
-                add_figure(tag, figure, global_step=module.global_step)
-    plt.close(figure)
-
-
-def log_image(module: pl.LightningModule, tag: str, image: torch.Tensor) -> None:
-    """Send a (3, H, W) image in [0, 1] (e.g. a ``make_grid``) to every logger that takes images, rank zero."""
-    if module.trainer.is_global_zero:
-        for logger in module.loggers:
-            add_image = getattr(logger.experiment, "add_image", None)
-            if add_image is not None:
-                add_image(tag, image.detach().float().clamp(0, 1).cpu(), global_step=module.global_step)
-
-
-def log_image_rows(module: pl.LightningModule, tag: str, columns: list[torch.Tensor]) -> None:
-    """One grid row per sample, one column per tensor (e.g. degraded | restored | clean), values in [0, 1]."""
-    from torchvision.utils import make_grid
-
-    rows = torch.stack([c.detach().float().clamp(0, 1) for c in columns], dim=1).flatten(0, 1)
-    log_image(module, tag, make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0))
 
 
 class LearningRateMonitor(_LearningRateMonitor):
@@ -337,14 +306,3 @@ class OptunaPruning(pl.Callback):
                 "pruned_at_epoch": self.pruned_at_epoch,
             }
         }
-
-
-@rank_zero_only
-def log_hyperparameters(trainer: pl.Trainer, params: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Log the resolved run config once, with final metrics, so TensorBoard's HPARAMS tab compares runs."""
-    for logger in trainer.loggers:
-        if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
-            logger.log_hyperparams(params, metrics=metrics)
-        else:
-            logger.log_hyperparams(params)
-        logger.save()

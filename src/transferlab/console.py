@@ -30,6 +30,8 @@ _CHATTY_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.ut
 _PROVOKED_WARNINGS = (
     (r".*isinstance\(treespec, LeafSpec\)", r"pytorch_lightning\.utilities\._pytree"),  # Lightning vs torch 2.10+
     (r"Found \d+ module\(s\) in eval mode at the start of training", r"pytorch_lightning\.loops\.fit_loop"),
+    # CSV logs go straight into the job directory, which always holds .hydra/ already
+    (r"Experiment logs directory .* exists and is not empty", r"lightning_fabric\.loggers\.csv_logs"),
 )
 
 

@@ -13,6 +13,7 @@ from transferlab.api import callable_module
 from transferlab.cli import hydra_app
 from transferlab.console import quiet, results_line
 from transferlab.constants import METRICS_FILE
+from transferlab.loggers import finishing
 from transferlab.runner import (
     build,
     build_trainer,
@@ -41,9 +42,11 @@ def _test(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data, "data") if cfg.get("data") is not None else checkpoint.build_datamodule()
     datamodule.record_skipped_files_in(output_dir() / "skipped_files")
     model = checkpoint.build_task()
-    trainer = build_trainer(cfg, [], instantiate_named(cfg.get("logger"), "logger"))
-    verbose = bool(cfg.get("verbose", False))
-    results = trainer.test(model, datamodule=datamodule, verbose=verbose)
+    loggers = instantiate_named(cfg.get("logger"), "logger")
+    with finishing(loggers):
+        trainer = build_trainer(cfg, [], loggers)
+        verbose = bool(cfg.get("verbose", False))
+        results = trainer.test(model, datamodule=datamodule, verbose=verbose)
     metrics = scalar_metrics(results[0] if results else {})
     if trainer.is_global_zero:
         if not verbose:

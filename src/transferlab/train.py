@@ -18,10 +18,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
-from transferlab.callbacks import log_hyperparameters
 from transferlab.cli import hydra_app
 from transferlab.console import header, quiet, results_line
 from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
+from transferlab.loggers import finishing, log_hyperparameters
 from transferlab.runner import (
     build,
     build_trainer,
@@ -90,48 +90,50 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         )
     callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_named(cfg.get("logger"), "logger")
-    trainer = build_trainer(cfg, callbacks, loggers)
-    datamodule.trainer = trainer
-    datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
-    if trainer.is_global_zero and not cfg.get("verbose", False):
-        print(header(cfg, trainer, job_dir), flush=True)
+    with finishing(loggers):  # each tracker's run ends with the job, marked failed if it raised
+        trainer = build_trainer(cfg, callbacks, loggers)
+        datamodule.trainer = trainer
+        datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
+        if trainer.is_global_zero and not cfg.get("verbose", False):
+            print(header(cfg, trainer, job_dir), flush=True)
 
-    metrics: dict[str, float] = {}
-    if cfg.train:
-        try:
-            with step_boundary_requeue(trainer):
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SIGTERMException:  # state saved and the resume command printed by the checkpoint callback
-            raise SystemExit(128 + signal.SIGTERM) from None
-        metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
-    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
-    if cfg.test:
-        verbose = bool(cfg.get("verbose", False))
-        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=verbose)
-        metrics.update(scalar_metrics(trainer.callback_metrics))
-        if trainer.is_global_zero and not verbose:
-            print(results_line(metrics), flush=True)
+        metrics: dict[str, float] = {}
+        if cfg.train:
+            try:
+                with step_boundary_requeue(trainer):
+                    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            except SIGTERMException:  # state saved and the resume command printed by the checkpoint callback
+                raise SystemExit(128 + signal.SIGTERM) from None
+            metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
+        checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
+        if cfg.test:
+            verbose = bool(cfg.get("verbose", False))
+            trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=verbose)
+            metrics.update(scalar_metrics(trainer.callback_metrics))
+            if trainer.is_global_zero and not verbose:
+                print(results_line(metrics), flush=True)
 
-    best = _best_monitored(cfg, checkpoint, metrics)
-    summary: dict[str, Any] = {
-        "monitor": {"metric": cfg.monitor.metric, "mode": cfg.monitor.mode, "best": best},
-        "metrics": metrics,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "best_checkpoint": best_path or None,
-        "tested_checkpoint": (test_ckpt or "final weights") if cfg.test else None,
-        "skipped_files": datamodule.skipped_files(),
-        "resumed_from": ckpt_path if cfg.train else None,
-        "wall_time_s": round(time.time() - started, 2),
-        "overrides": task_overrides(),
-        "version": __version__,
-    }
-    for callback in callbacks:  # what a callback has to say about the run (e.g. an Optuna trial it pruned)
-        summary.update(callback.run_summary() if hasattr(callback, "run_summary") else {})
+        best = _best_monitored(cfg, checkpoint, metrics)
+        summary: dict[str, Any] = {
+            "monitor": {"metric": cfg.monitor.metric, "mode": cfg.monitor.mode, "best": best},
+            "metrics": metrics,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "best_checkpoint": best_path or None,
+            "tested_checkpoint": (test_ckpt or "final weights") if cfg.test else None,
+            "skipped_files": datamodule.skipped_files(),
+            "resumed_from": ckpt_path if cfg.train else None,
+            "wall_time_s": round(time.time() - started, 2),
+            "overrides": task_overrides(),
+            "version": __version__,
+        }
+        for callback in callbacks:  # what a callback has to say about the run (e.g. an Optuna trial it pruned)
+            summary.update(callback.run_summary() if hasattr(callback, "run_summary") else {})
+        if trainer.is_global_zero:
+            log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
     if trainer.is_global_zero:
-        log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
         write_json_atomic(job_dir / METRICS_FILE, summary)  # last: it marks the job finished
         if cfg.train and isinstance(checkpoint, RunCheckpoint):
             checkpoint.discard_last()  # finished: nothing left to resume

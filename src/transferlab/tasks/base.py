@@ -26,8 +26,8 @@ from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
 from transferlab.backbones import ImageNetNormalize
-from transferlab.callbacks import log_image_rows
 from transferlab.finetune import Finetune
+from transferlab.loggers import log_image_rows
 from transferlab.utils.compile import compile_forward
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError, describe

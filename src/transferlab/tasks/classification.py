@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchvision.transforms import v2
 
 from transferlab.backbones import build_backbone
-from transferlab.callbacks import log_figure
 from transferlab.inference import ClassTable, PredictOptions, Predictor
+from transferlab.loggers import log_figure
 from transferlab.tasks.base import TransferTask
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError

@@ -1,8 +1,8 @@
 """OmegaConf resolvers the configs use (``${tl.…:…}``); registered on import of `transferlab.runner`.
 
 They exist so one value is written once: the Optuna direction derives from ``monitor.mode``, a sweep
-job's directory name derives from its overrides, an image folder's resolution from its images, and a SLURM
-job's GPU request from the trainer.
+job's directory name from its overrides, a tracker's run name from the run directory, an image folder's
+resolution from its images, and a SLURM job's GPU request from the trainer.
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def auto_image_size(root: str) -> int:
     return from_images(root)
 
 
+def run_name(run_dir: str, log_dir: str) -> str:
+    """A run's name in the experiment trackers: its directory under ``outputs/`` (``multirun/<date>/<time>/seed=1``),
+    unique and telling where its files are; the directory's own name when it is elsewhere."""
+    path, root = os.path.abspath(run_dir), os.path.abspath(log_dir)
+    return os.path.relpath(path, root) if os.path.commonpath([path, root]) == root else os.path.basename(path)
+
+
 def register_resolvers() -> None:
     """Register the ``tl.*`` resolvers once per process (idempotent)."""
     for name, fn in (
@@ -85,6 +92,7 @@ def register_resolvers() -> None:
         ("tl.launch_dir", launch_dir),
         ("tl.auto_image_size", auto_image_size),
         ("tl.gpus_per_node", gpus_per_node),
+        ("tl.run_name", run_name),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,264 @@
+"""Experiment trackers, run through the real CLI: MLflow read back with its own client, W&B offline read back
+from its run file, several loggers at once, and the one-line error when a tracker is not installed."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from conftest import TINY, run_cli
+from transferlab.loggers import LoggerAdapter, TensorBoardAdapter, adapter_for, wandb_logger
+from transferlab.runner import build
+from transferlab.utils.errors import UserError
+
+LOGGED = [*TINY, "trainer.log_every_n_steps=1"]
+EXPERIMENT = "transferlab-train"  # transferlab-${task_name}
+# Console lines that are no tracker's: Lightning's hint on a machine where `srun` exists (the SLURM tests
+# install it) comes with every run.
+ELSEWHERE = ("srun",)
+
+
+def summary(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def final_metrics(job_dir: Path) -> dict[str, float]:
+    return summary(job_dir)["metrics"]
+
+
+def job_dirs(root: Path) -> list[Path]:
+    return sorted(path.parent for path in root.glob("outputs/**/metrics.json"))
+
+
+def assert_console_is_transferlab_only(output: str) -> None:
+    """Only transferlab's own lines (and Hydra's sweep lines): nothing from MLflow, alembic, W&B or Lightning."""
+    own = ("transferlab: ", "epoch ", "test: ", "Run directory: ")
+    foreign = [
+        line
+        for line in output.splitlines()
+        if line.strip() and not line.startswith(own) and "[HYDRA]" not in line and not any(w in line for w in ELSEWHERE)
+    ]
+    assert not foreign, foreign
+
+
+@pytest.fixture
+def no_tracker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No W&B login, no tracker settings from the environment; W&B's caches under tmp_path."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+
+
+# -- MLflow ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_mlflow_sweep_runs_side_by_side_with_metrics_params_and_images(tmp_path: Path, no_tracker_credentials) -> None:
+    """Two jobs of a sweep: one SQLite store under outputs/, one experiment, one run per job named after its
+    directory, with the job's final metrics, its config as params, and its figures as PNG artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    result = run_cli("tl-train", "-m", *LOGGED, "logger=mlflow", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_console_is_transferlab_only(result.stdout + result.stderr)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = {run.data.tags["transferlab.run_dir"]: run for run in client.search_runs([experiment.experiment_id])}
+    jobs = job_dirs(tmp_path)
+    assert len(jobs) == 2 and sorted(runs) == [str(job) for job in jobs]
+    for job in jobs:
+        run = runs[str(job)]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == str(job.relative_to(tmp_path / "outputs"))  # multirun/<date>/<time>/<job>
+        metrics = final_metrics(job)
+        assert {"val/acc", "val/loss", "train/loss", "test/acc"} <= set(metrics)
+        assert {key: run.data.metrics[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
+        steps = client.get_metric_history(run.info.run_id, "train/loss_step")
+        assert len(steps) == summary(job)["global_step"] > 1  # every step (log_every_n_steps=1)
+        assert run.data.params["model.backbone.name"] == "mobilenet_v3_small"
+        (seed,) = [o.removeprefix("seed=") for o in summary(job)["overrides"] if o.startswith("seed=")]
+        assert run.data.params["seed"] == seed
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+        assert {path.split("+")[0] for path in images} == {
+            "images/val~confusion_matrix",
+            "images/test~confusion_matrix",
+        }
+        png = Image.open(client.download_artifacts(run.info.run_id, images[0], str(tmp_path / "dl")))
+        assert png.format == "PNG" and min(png.size) > 100
+
+
+# -- W&B ---------------------------------------------------------------------------------------------
+def wandb_records(path: Path) -> Iterator[object]:
+    """The records of a ``.wandb`` run file: W&B's header, then LevelDB-log framing (32 KiB blocks of chunks
+    with a 7-byte header: checksum, length, type), each record one of W&B's own protobuf messages."""
+    from wandb.proto import wandb_internal_pb2
+
+    block, data = 32768, path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    position, pending = 7, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        _checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if left < 7 or (kind == 0 and length == 0):  # the rest of a block is zero padding
+            position += left
+            continue
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def wandb_run(run_dir: Path) -> tuple[dict[str, object], dict[str, object], list[str]]:
+    """(each history key's last value, the config, the run's names) of an offline run directory. W&B nests an
+    image's fields under its key (``val/confusion_matrix.filenames``)."""
+    last: dict[str, object] = {}
+    config: dict[str, object] = {}
+    names = []
+    for record in wandb_records(next(run_dir.glob("run-*.wandb"))):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            for item in record.history.item:
+                last[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "run":
+            names.append(record.run.display_name)
+    return last, config, names
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_have_metrics_config_and_images(tmp_path: Path, no_tracker_credentials) -> None:
+    """Without a login W&B runs offline: each job of a sweep has its own run file under its run directory,
+    holding every final metric of its metrics.json, its config, and its figures (wandb.Image files); the
+    console stays transferlab's."""
+    result = run_cli("tl-train", "-m", *LOGGED, "logger=wandb", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_console_is_transferlab_only(result.stdout + result.stderr)
+    jobs = job_dirs(tmp_path)
+    assert len(jobs) == 2
+    for job in jobs:
+        (run_dir,) = (job / "wandb").glob("offline-run-*")  # one run per job, never one shared by the sweep
+        last, config, names = wandb_run(run_dir)
+        metrics = final_metrics(job)
+        assert {key: last[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
+        (seed,) = [o.removeprefix("seed=") for o in summary(job)["overrides"] if o.startswith("seed=")]
+        assert config["model.backbone.name"] == "mobilenet_v3_small" and config["seed"] == int(seed)
+        assert names == [str(job.relative_to(tmp_path / "outputs"))]
+        for stage in ("val", "test"):
+            (image,) = last[f"{stage}/confusion_matrix.filenames"]
+            assert Image.open(BytesIO((run_dir / "files" / image).read_bytes())).format == "PNG"
+
+
+@pytest.mark.parametrize(
+    ("environment", "netrc_host", "expected"),
+    [
+        ({}, None, "offline"),
+        ({"WANDB_API_KEY": "x" * 40}, None, "online"),
+        ({}, "api.wandb.ai", "online"),
+        ({}, "elsewhere.example", "offline"),
+        ({"WANDB_BASE_URL": "https://wandb.mine.example"}, "wandb.mine.example", "online"),
+        ({"WANDB_MODE": "disabled"}, "api.wandb.ai", None),  # W&B reads WANDB_MODE itself
+    ],
+)
+def test_wandb_is_offline_unless_logged_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tracker_credentials, environment, netrc_host, expected
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    if netrc_host is not None:
+        netrc_file = tmp_path / "netrc"
+        netrc_file.write_text(f"machine {netrc_host}\n  login user\n  password {'k' * 40}\n")
+        netrc_file.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc_file))
+    logger = wandb_logger(project="p", save_dir=str(tmp_path / "run"), name="run")
+    assert logger._wandb_init.get("mode") == expected
+    assert "anonymous" not in logger._wandb_init  # Lightning's None makes W&B print a deprecation line
+    chosen = wandb_logger(project="p", save_dir=str(tmp_path / "run"), name="run", mode="offline")
+    assert chosen._wandb_init["mode"] == "offline"
+
+
+# -- several at once ---------------------------------------------------------------------------------
+DENOISE = [
+    "data=photos",
+    "data.patch_size=32",
+    "data.batch_size=4",
+    "data.train_patches=16",
+    "data.val_patches=4",
+    "model=denoise",
+    "data/degrade=gaussian_noise",
+    "model.net.depth=4",
+    "model.net.channels=8",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.mark.slow
+def test_many_loggers_each_get_metrics_and_the_image_grid(tmp_path: Path, no_tracker_credentials) -> None:
+    """logger=many (TensorBoard + CSV + MLflow) on a denoiser: every sink has the final metrics; TensorBoard
+    and MLflow also have the validation grid (degraded | restored | clean)."""
+    import csv
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_cli("tl-train", *DENOISE, "logger=many", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_console_is_transferlab_only(result.stdout + result.stderr)
+    (job,) = job_dirs(tmp_path)
+    metrics = final_metrics(job)
+    assert {"val/psnr", "val/ssim", "test/psnr", "train/loss"} <= set(metrics)
+
+    events = EventAccumulator(str(job), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tensorboard = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+    assert {key: tensorboard[key] for key in metrics} == pytest.approx(metrics, rel=1e-6)
+    (grid,) = events.Images("val/degraded_restored_clean")
+    assert grid.width == 3 * 32 + 4 * 2
+
+    rows = list(csv.DictReader((job / "metrics.csv").open()))
+    written = {key: float(row[key]) for row in rows for key in metrics if row.get(key)}
+    assert written == pytest.approx(metrics, rel=1e-6)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert {key: run.data.metrics[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
+    grids = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert [path.split("+")[0] for path in grids] == ["images/val~degraded_restored_clean"]
+    png = Image.open(client.download_artifacts(run.info.run_id, grids[0], str(tmp_path / "dl")))
+    assert png.size == (grid.width, grid.height)
+
+
+# -- adapters and missing packages -------------------------------------------------------------------
+def test_each_logger_kind_gets_its_adapter(tmp_path: Path) -> None:
+    class MyTensorBoard(TensorBoardLogger):
+        pass
+
+    assert type(adapter_for(MyTensorBoard(str(tmp_path)))) is TensorBoardAdapter  # subclasses too
+    assert type(adapter_for(CSVLogger(str(tmp_path)))) is LoggerAdapter  # scalars only
+
+
+@pytest.mark.parametrize("name", ["mlflow", "wandb"])
+def test_a_missing_tracker_is_one_line_with_the_install_command(
+    make_cfg, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    cfg = make_cfg(f"logger={name}")
+    monkeypatch.setitem(sys.modules, name, None)  # `import mlflow` now raises ImportError
+    with pytest.raises(
+        UserError, match=rf"^logger={name} needs the '{name}' package\. .*pip install 'transferlab\[trackers\]'$"
+    ):
+        build(cfg.logger[name], f"logger.{name}")
