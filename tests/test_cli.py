@@ -126,8 +126,19 @@ def test_default_console_is_quiet_and_verbose_brings_lightning_back(tmp_path: Pa
     result = run_cli("tl-train", *tiny, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    for word in ("Warning", "warning", "deprecated", "Tip", "FLOPs", "GPU available", "Test metric", "Seed set"):
+    for word in (
+        "Warning",
+        "warning",
+        "deprecated",
+        "Tip",
+        "HINT",
+        "FLOPs",
+        "GPU available",
+        "Test metric",
+        "Seed set",
+    ):
         assert not any(word in line for line in lines), [line for line in lines if word in line]
+    assert not [line for line in lines if re.search(r"\.py:\d+: ", line)], "a warning printed with its source line"
     stdout = [line for line in result.stdout.splitlines() if line.strip()]
     assert stdout[0].startswith("transferlab: Classification · efficientnet_lite0 (imagenet) · Shapes · cpu")
     epochs = [line for line in stdout if line.startswith("epoch ")]
