@@ -12,40 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, TINY_PHOTOS, compose_config, run_cli
+from conftest import TINY, run_cli, train_briefly
 from transferlab.data.shapes import CLASSES
 from transferlab.inference import seams, tile_starts, tiled
 from transferlab.nets.dncnn import DnCNN
 from transferlab.nets.edsr import EDSR
-from transferlab.train import run
 from transferlab.utils.errors import UserError
-
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
-PHOTOS = [*TINY_PHOTOS, "logger=none"]
-
-
-def train(tmp: Path, *overrides: str) -> Path:
-    cfg = compose_config([*overrides, *SHORT], tmp, "train")
-    run(cfg)
-    return tmp / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """One tiny checkpoint per task (classifier, DnCNN denoiser, Johnson stylizer, U-Net inpainter)."""
-    root = tmp_path_factory.mktemp("ckpts")
-    return {
-        "classify": train(root / "classify", *TINY, "logger=none"),
-        "denoise": train(
-            root / "denoise", *PHOTOS, "model=denoise", "data/degrade=gaussian_noise", "model.net.depth=4"
-        ),
-        "stylize": train(
-            root / "stylize", *PHOTOS, "model=style_transfer", "model.style_size=64", "model.net.channels=4"
-        ),
-        "inpaint": train(
-            root / "inpaint", *PHOTOS, "model=restore_unet", "data/degrade=inpaint_box", "model.net.width=8"
-        ),
-    }
 
 
 def write_photo(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
@@ -218,7 +190,7 @@ def test_predict_prepares_files_as_evaluation_does(tmp_path: Path) -> None:
         f"data.root={tmp_path / 'images'}",
         "data.image_size=32",
     ]
-    ckpt = train(tmp_path / "run", *folder, "data.batch_size=4", "data.num_workers=0", "logger=none")
+    ckpt = train_briefly(tmp_path / "run", *folder, "data.batch_size=4", "data.num_workers=0", "logger=none")
     result = run_cli(
         "tl-predict", f"ckpt_path={ckpt}", f"input={tmp_path / 'images' / 'val'}", "output=out", "top_k=2", cwd=tmp_path
     )
