@@ -4,6 +4,7 @@ another batch size and image size than the export used; tl-predict on the ONNX f
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 from collections.abc import Callable
@@ -28,6 +29,11 @@ from transferlab.utils.errors import UserError
 MODELS = ["classify", "denoise", "upscale", "inpaint", "stylize", "adain"]
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 BATCH, HEIGHT, WIDTH = 3, 37, 53  # the export used batch 2 and 64 x 64 (a classifier: its 32 x 32 input)
+
+
+@functools.cache
+def trained_task(ckpt: Path) -> nn.Module:
+    return open_checkpoint(ckpt).build_task().eval()
 
 
 def pytorch_inference(name: str, task: nn.Module) -> Callable[..., torch.Tensor]:
@@ -69,7 +75,7 @@ def test_exported_model_matches_pytorch_at_other_batch_and_image_sizes(exported,
     assert path.is_file() and not list(ckpt.parent.glob("*.tmp"))
     inputs = random_inputs(name)
     with torch.inference_mode():
-        expected = pytorch_inference(name, open_checkpoint(ckpt).build_task().eval())(*inputs.values())
+        expected = pytorch_inference(name, trained_task(ckpt))(*inputs.values())
     if fmt == "onnx":
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == list(inputs)
@@ -85,7 +91,7 @@ def test_exported_model_matches_pytorch_at_other_batch_and_image_sizes(exported,
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert json.loads(metadata["transferlab.task"]).startswith("transferlab.tasks.")
     if name == "classify":
-        assert json.loads(metadata["transferlab.class_names"]) == open_checkpoint(ckpt).build_task().class_names
+        assert json.loads(metadata["transferlab.class_names"]) == trained_task(ckpt).class_names
     if name == "upscale":
         assert got.shape[-2:] == (2 * HEIGHT, 2 * WIDTH)
 
@@ -130,48 +136,19 @@ def photos(folder: Path) -> None:
     write_photo(folder / "c.png", 33, 48, mode="RGBA", seed=2)
 
 
-def predict_both(cwd: Path, ckpt: Path, *extra: str) -> dict[str, Path]:
-    """tl-predict with the checkpoint (job 0) and its ONNX export (job 1), in one multirun."""
-    onnx = ckpt.with_suffix(".onnx")
-    out = cwd / f"out-{ckpt.parents[1].name}"
-    result = run_cli(
-        "tl-predict",
-        "-m",
-        f"ckpt_path={ckpt},{onnx}",
-        "input=in",
-        f"output={out}" + "/${hydra:job.num}",
-        *extra,
-        cwd=cwd,
-    )
+def predict_both(cwd: Path, ckpts: list[Path], *extra: str) -> dict[Path, dict[str, Path]]:
+    """One tl-predict multirun over each checkpoint and its ONNX export: checkpoint → {"ckpt"|"onnx": output}."""
+    models = [path for ckpt in ckpts for path in (ckpt, ckpt.with_suffix(".onnx"))]
+    jobs = "output=out/${hydra:job.num}"
+    result = run_cli("tl-predict", "-m", f"ckpt_path={','.join(map(str, models))}", "input=in", jobs, *extra, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"ckpt": out / "0", "onnx": out / "1"}
+    return {
+        ckpt: {"ckpt": cwd / "out" / str(2 * i), "onnx": cwd / "out" / str(2 * i + 1)} for i, ckpt in enumerate(ckpts)
+    }
 
 
-def test_predict_with_the_onnx_file_classifies_as_the_checkpoint(exported, tmp_path: Path) -> None:
-    photos(tmp_path / "in")
-    out = predict_both(tmp_path, exported["classify"], "top_k=3")
-    rows = {kind: list(csv.reader((folder / "predictions.csv").open())) for kind, folder in out.items()}
-    assert [r[0] for r in rows["onnx"]] == [r[0] for r in rows["ckpt"]] == ["file", "a.png", "c.png", "sub/b.jpg"]
-    for by_ckpt, by_onnx in zip(rows["ckpt"][1:], rows["onnx"][1:]):
-        assert by_onnx[1::2] == by_ckpt[1::2]  # the same classes in the same order
-        assert np.allclose([float(p) for p in by_onnx[2::2]], [float(p) for p in by_ckpt[2::2]], atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("name", "extra"),
-    [("denoise", []), ("upscale", []), ("stylize", []), ("inpaint", ["mask=mask.png"]), ("adain", ["style=grass"])],
-)
-def test_predict_with_the_onnx_file_writes_the_checkpoints_images(exported, tmp_path: Path, name: str, extra) -> None:
-    """Same files, same sizes, same pixels (±1 of 255 for float rounding), also tiled (tile=32)."""
-    photos(tmp_path / "in")
-    if name == "inpaint":  # one size for all inputs, as a mask must match
-        for path in (tmp_path / "in").rglob("*.*"):
-            path.unlink()
-        write_photo(tmp_path / "in" / "a.png", 40, 36)
-        mask = np.zeros((36, 40), dtype=np.uint8)
-        mask[8:20, 10:30] = 255
-        Image.fromarray(mask).save(tmp_path / "mask.png")
-    out = predict_both(tmp_path, exported[name], "tile=32", "overlap=8", *extra)
+def assert_same_images(out: dict[str, Path]) -> None:
+    """The same files, sizes and pixels (±1 of 255: float rounding) from the checkpoint and the ONNX file."""
     written = sorted(p.relative_to(out["ckpt"]) for p in out["ckpt"].rglob("*.png"))
     assert written and written == sorted(p.relative_to(out["onnx"]) for p in out["onnx"].rglob("*.png"))
     for relative in written:
@@ -180,12 +157,33 @@ def test_predict_with_the_onnx_file_writes_the_checkpoints_images(exported, tmp_
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, f"{relative}: {np.abs(a - b).max()}"
 
 
-def test_onnx_adain_without_style_uses_its_first_training_style(exported, tmp_path: Path) -> None:
+def test_predict_with_the_onnx_file_gives_the_checkpoints_results(exported, tmp_path: Path) -> None:
+    """Classes and probabilities, restored, up-scaled and stylized images (AdaIN: its default style), tiled or
+    not (tile=32): the ONNX file alone gives what its checkpoint gives."""
     photos(tmp_path / "in")
-    out = predict_both(tmp_path, exported["adain"])
-    for relative in ("a.png", "c.png", "sub/b.png"):
-        a = np.asarray(Image.open(out["ckpt"] / relative)).astype(int)
-        assert np.abs(a - np.asarray(Image.open(out["onnx"] / relative)).astype(int)).max() <= 1
+    names = ["classify", "denoise", "upscale", "stylize", "adain"]
+    outputs = predict_both(tmp_path, [exported[name] for name in names], "top_k=3", "tile=32", "overlap=8")
+    rows = {
+        kind: list(csv.reader((folder / "predictions.csv").open()))
+        for kind, folder in outputs[exported["classify"]].items()
+    }
+    assert [r[0] for r in rows["onnx"]] == [r[0] for r in rows["ckpt"]] == ["file", "a.png", "c.png", "sub/b.jpg"]
+    for by_ckpt, by_onnx in zip(rows["ckpt"][1:], rows["onnx"][1:]):
+        assert by_onnx[1::2] == by_ckpt[1::2]  # the same classes in the same order
+        assert np.allclose([float(p) for p in by_onnx[2::2]], [float(p) for p in by_ckpt[2::2]], atol=1e-5)
+    for name in names[1:]:
+        assert_same_images(outputs[exported[name]])
+    assert Image.open(outputs[exported["upscale"]]["onnx"] / "a.png").size == (80, 72)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "extra"), [("inpaint", "mask=mask.png"), ("adain", "style=grass")])
+def test_predict_with_the_onnx_file_takes_mask_and_style(exported, tmp_path: Path, name: str, extra: str) -> None:
+    write_photo(tmp_path / "in" / "a.png", 40, 36)
+    mask = np.zeros((36, 40), dtype=np.uint8)
+    mask[8:20, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert_same_images(predict_both(tmp_path, [exported[name]], extra)[exported[name]])
 
 
 # -- bad input --------------------------------------------------------------------------------------------
@@ -207,39 +205,45 @@ def test_bad_export_input_is_one_line_with_exit_2(tmp_path: Path, args: list[str
     assert "Traceback" not in result.stderr
 
 
-def test_export_and_onnx_predict_errors(exported, tmp_path: Path) -> None:
-    """An unwritable output, a checkpoint that is not one, options the exported model does not take, and an
-    ONNX file tl-export did not write: each one line, nothing written."""
-    (tmp_path / "a_file").write_text("")
-    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+def test_onnx_predict_refuses_options_the_model_does_not_take(exported, tmp_path: Path) -> None:
+    """As for a checkpoint: one line, exit 2, nothing written (the CLI once; the other cases in this process)."""
+    from transferlab.inference import PredictOptions
+
     write_photo(tmp_path / "photo.png", 40, 36)
+    denoiser = exported["denoise"].with_suffix(".onnx")
+    args = [f"ckpt_path={denoiser}", "input=photo.png", "style=brick", "output=out"]
+    result = run_cli("tl-predict", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: style= is for AdaIN"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
     plain = tmp_path / "plain.onnx"
     torch.onnx.export(nn.Conv2d(3, 3, 1), (torch.rand(1, 3, 8, 8),), str(plain), input_names=["image"], dynamo=False)
-    denoiser = exported["denoise"].with_suffix(".onnx")
+    with pytest.raises(UserError, match="plain.onnx was not written by tl-export"):
+        OnnxModel.open(plain)
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(UserError, match="cannot read ONNX model .*junk.onnx"):
+        OnnxModel.open(tmp_path / "junk.onnx")
     cases = [
-        (
-            ["tl-export", f"ckpt_path={exported['denoise']}", "out=a_file/model.onnx"],
-            "error: cannot write a_file/model.onnx",
-        ),
-        (["tl-export", "ckpt_path=junk.ckpt"], "error: cannot read checkpoint junk.ckpt"),
-        (["tl-predict", f"ckpt_path={denoiser}", "input=photo.png", "style=brick"], "error: style= is for AdaIN"),
-        (
-            ["tl-predict", f"ckpt_path={denoiser}", "input=photo.png", "mask=photo.png"],
-            "error: mask= is for inpainting",
-        ),
-        (
-            ["tl-predict", f"ckpt_path={exported['inpaint'].with_suffix('.onnx')}", "input=photo.png"],
-            "error: this is an inpainting model: pass mask=",
-        ),
-        (["tl-predict", f"ckpt_path={plain}", "input=photo.png"], f"error: {plain} was not written by tl-export"),
+        ("denoise", {"mask": tmp_path / "photo.png"}, "mask= is for inpainting models"),
+        ("inpaint", {}, "this is an inpainting model: pass mask="),
+        ("classify", {"style": "brick"}, "style= is for AdaIN"),
     ]
-    for args, message in cases:
-        result = run_cli(*args, *(["output=out"] if args[0] == "tl-predict" else []), cwd=tmp_path)
-        assert result.returncode == 2, result.stderr[-3000:]
-        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
-        assert "Traceback" not in result.stderr
-    assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("*.tmp"))
+    for name, given, message in cases:
+        model = OnnxModel.open(exported[name].with_suffix(".onnx"))
+        with pytest.raises(UserError, match=message):
+            model.predictor(lambda image: image, PredictOptions(output=tmp_path / "out", **given))
+
+
+@pytest.mark.slow
+def test_export_to_an_unwritable_place_is_one_line(exported, tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    result = run_cli("tl-export", f"ckpt_path={exported['denoise']}", "out=a_file/model.onnx", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write a_file/model.onnx"), result.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_missing_onnx_packages_name_the_extra(checkpoints, tmp_path: Path, monkeypatch) -> None:
