@@ -5,7 +5,7 @@ which axes are dynamic, what `tl-predict` needs to know); this module only conve
 task-specific code. Inputs are float images in [0, 1] (a classifier normalises inside the graph).
 
 ONNX uses torch's TorchScript-based exporter by default (``dynamo=false``): on torch 2.11 and 2.14 alike it
-exports every shipped network with dynamic batch/height/width, 10-30x faster than the ``torch.export``-based
+exports every shipped network with dynamic batch/height/width, 10-40x faster than the ``torch.export``-based
 one, and needs only ``onnx``; ``dynamo=true`` picks the ``torch.export``-based exporter (needs ``onnxscript``),
 the one torch develops further. Every file is checked before it is written: run (onnxruntime, or TorchScript)
 on inputs of another batch size and another height/width than the export used, its output must match the
