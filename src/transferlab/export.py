@@ -135,6 +135,8 @@ def onnx_bytes(spec: ExportSpec, metadata: dict[str, Any], dynamo: bool) -> byte
         quiet_exporters()
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message="Constant folding")  # an optimisation it skips, nothing wrong
+        # Instance norm without running statistics always normalises by the input's own: "train=True" is right.
+        warnings.filterwarnings("ignore", message=".*operator 'instance_norm' is set to train=True")
         if dynamo:
             dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis in spec.dynamic.get(n, {})} for n in spec.inputs)
             program = torch.onnx.export(
