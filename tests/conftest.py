@@ -79,6 +79,52 @@ TINY_PHOTOS = [
 ]
 
 
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
+PHOTOS = [*TINY_PHOTOS, "logger=none"]
+# One tiny trained checkpoint per kind of model, for tl-predict and tl-export tests (each 2 CPU steps).
+TINY_MODELS = {
+    "classify": [*TINY, "logger=none", "model.backbone.name=resnet18"],  # mobilenet's untrained output is constant
+    "denoise": [*PHOTOS, "model=denoise", "data/degrade=gaussian_noise", "model.net.depth=4"],
+    "stylize": [*PHOTOS, "model=style_transfer", "model.style_size=64", "model.net.channels=4"],
+    "inpaint": [*PHOTOS, "model=restore_unet", "data/degrade=inpaint_box", "model.net.width=8"],
+    "upscale": [
+        *PHOTOS,
+        "model=super_resolution",
+        "data/degrade=downscale",
+        "model.net.channels=8",
+        "model.net.blocks=1",
+    ],
+    "adain": [*PHOTOS, "model=adain", "model.style_size=64", "model.net.min_channels=8", "model.styles=[brick]"],
+}
+
+
+def train_briefly(out: Path, *overrides: str) -> Path:
+    """Train in this process for two steps (no test) and return its best checkpoint (the weights-only file that
+    evaluation, prediction and export read; a finished run keeps no last.ckpt)."""
+    from transferlab.train import run
+
+    run(compose_config([*overrides, *SHORT], out, "train"))
+    return out / "checkpoints" / "best.ckpt"
+
+
+class TinyCheckpoints:
+    """`TINY_MODELS` checkpoints, each trained the first time a test asks for it (``checkpoints["denoise"]``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.paths = root, {}
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self.paths:
+            self.paths[name] = train_briefly(self.root / name, *TINY_MODELS[name])
+            GlobalHydra.instance().clear()
+        return self.paths[name]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoints:
+    return TinyCheckpoints(tmp_path_factory.mktemp("ckpts"))
+
+
 def fit_briefly(model: pl.LightningModule, datamodule: pl.LightningDataModule, epochs: int = 1, steps: int = 3) -> None:
     """A few CPU training steps and one validation batch, with nothing written to disk."""
     trainer = pl.Trainer(

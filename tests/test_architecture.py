@@ -22,8 +22,8 @@ LAYERS = [  # bottom to top, as the page draws them
     {"constants", "utils"},
     {"nets", "inference", "backbones", "losses", "finetune", "optim", "data", "callbacks", "loggers", "curves"},
     {"tasks"},
-    {"runner", "trust", "console"},
-    {"cli", "train", "evaluate", "predict", "report", "api"},
+    {"runner", "trust", "exported", "console"},
+    {"cli", "train", "evaluate", "predict", "export", "report", "api"},
 ]
 
 

@@ -12,40 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, TINY_PHOTOS, compose_config, run_cli
+from conftest import TINY, run_cli, train_briefly
 from transferlab.data.shapes import CLASSES
 from transferlab.inference import seams, tile_starts, tiled
 from transferlab.nets.dncnn import DnCNN
 from transferlab.nets.edsr import EDSR
-from transferlab.train import run
 from transferlab.utils.errors import UserError
-
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
-PHOTOS = [*TINY_PHOTOS, "logger=none"]
-
-
-def train(tmp: Path, *overrides: str) -> Path:
-    cfg = compose_config([*overrides, *SHORT], tmp, "train")
-    run(cfg)
-    return tmp / "checkpoints" / "best.ckpt"
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """One tiny checkpoint per task (classifier, DnCNN denoiser, Johnson stylizer, U-Net inpainter)."""
-    root = tmp_path_factory.mktemp("ckpts")
-    return {
-        "classify": train(root / "classify", *TINY, "logger=none"),
-        "denoise": train(
-            root / "denoise", *PHOTOS, "model=denoise", "data/degrade=gaussian_noise", "model.net.depth=4"
-        ),
-        "stylize": train(
-            root / "stylize", *PHOTOS, "model=style_transfer", "model.style_size=64", "model.net.channels=4"
-        ),
-        "inpaint": train(
-            root / "inpaint", *PHOTOS, "model=restore_unet", "data/degrade=inpaint_box", "model.net.width=8"
-        ),
-    }
 
 
 def write_photo(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
@@ -218,7 +190,7 @@ def test_predict_prepares_files_as_evaluation_does(tmp_path: Path) -> None:
         f"data.root={tmp_path / 'images'}",
         "data.image_size=32",
     ]
-    ckpt = train(tmp_path / "run", *folder, "data.batch_size=4", "data.num_workers=0", "logger=none")
+    ckpt = train_briefly(tmp_path / "run", *folder, "data.batch_size=4", "data.num_workers=0", "logger=none")
     result = run_cli(
         "tl-predict", f"ckpt_path={ckpt}", f"input={tmp_path / 'images' / 'val'}", "output=out", "top_k=2", cwd=tmp_path
     )
@@ -282,3 +254,50 @@ def test_checkpoints_of_earlier_releases_still_predict_the_same(checkpoints, tmp
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[name] = np.asarray(Image.open(tmp_path / name / "photo.png"))
     assert np.array_equal(outputs["new"], outputs["old"])
+
+
+def test_class_table_classifies_a_batch_per_forward_pass(tmp_path: Path) -> None:
+    """7 files, batch_size=3: three forward passes (3 + 3 + 1), rows in file order, as one file per pass gives."""
+    from transferlab.inference import ClassTable, PredictOptions
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+    calls: list[int] = []
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return net(images.float() / 255)
+
+    files = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(7)]
+    tables = {}
+    for batch_size in (1, 3):
+        options = PredictOptions(output=tmp_path / str(batch_size), top_k=2, batch_size=batch_size)
+        table = ClassTable(logits, lambda image: image, ["a", "b", "c", "d"], options, torch.device("cpu"))
+        calls.clear()
+        for i, image in enumerate(files):
+            table.add(image, Path(f"{i}.png"))
+        table.finish()
+        tables[batch_size] = list(csv.reader((tmp_path / str(batch_size) / "predictions.csv").open()))
+        assert calls == ([1] * 7 if batch_size == 1 else [3, 3, 1])
+    assert [row[0] for row in tables[3][1:]] == [f"{i}.png" for i in range(7)]
+    assert tables[3] == tables[1]
+
+
+def test_predict_batches_give_the_results_of_one_file_at_a_time(checkpoints, tmp_path: Path) -> None:
+    for i in range(7):
+        write_photo(tmp_path / "in" / f"{i}.png", 30 + 3 * i, 40, seed=i)
+    result = run_cli(
+        "tl-predict",
+        "-m",
+        f"ckpt_path={checkpoints['classify']}",
+        "input=in",
+        "batch_size=1,3",
+        "output=out/${batch_size}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, three = (list(csv.reader((tmp_path / "out" / n / "predictions.csv").open())) for n in ("1", "3"))
+    assert len(one) == 8 and [r[0] for r in one] == [r[0] for r in three]
+    for a, b in zip(one[1:], three[1:]):
+        assert a[1::2] == b[1::2]
+        assert np.allclose([float(p) for p in a[2::2]], [float(p) for p in b[2::2]], atol=2e-6)

@@ -1,4 +1,4 @@
-"""The ``tl-train``, ``tl-eval`` and ``tl-predict`` commands: compose and check the config, then run it.
+"""The ``tl-train``, ``tl-eval``, ``tl-predict`` and ``tl-export`` commands: compose and check the config, then run it.
 
 Hydra reports a typo in an override as a multi-line error, and a value out of range would surface only
 after torch and Lightning are imported (seconds) and a run directory exists. So each command first composes
@@ -39,6 +39,11 @@ def evaluate() -> None:
 def predict() -> None:
     """``tl-predict``: run a checkpoint on image files (`transferlab.predict`)."""
     _launch("predict", "transferlab.predict")
+
+
+def export() -> None:
+    """``tl-export``: write a checkpoint as an ONNX or TorchScript inference model (`transferlab.export`)."""
+    _launch("export", "transferlab.export")
 
 
 def _launch(config_name: str, module: str) -> None:

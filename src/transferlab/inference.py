@@ -1,12 +1,16 @@
-"""The inference interface every task offers `tl-predict`: a `Predictor` takes decoded image files one by one
-and writes the task's outputs.
+"""The inference interface every task offers `tl-predict` and `tl-export`: a `Predictor` takes decoded image files
+one by one and writes the task's outputs; an `ExportSpec` says what a task's stand-alone inference model is.
 
 A task builds its predictor (`TransferTask.predictor`) from the run's own file preparation (its datamodule's
 `file_transform`, rebuilt from the config stored in the checkpoint) and the user's options, so `tl-predict`
 has no task-specific code. Two kinds of output cover the tasks:
 
-* `ClassTable` — one CSV row per file: the ``top_k`` classes and their probabilities (``predictions.csv``);
+* `ClassTable` — one CSV row per file: the ``top_k`` classes and their probabilities (``predictions.csv``),
+  the files classified ``batch_size`` at a time;
 * `ImageFiles` — one PNG per file (same relative path), from an image-to-image function of any input size.
+
+Both take the model as a plain function of tensors, so a task's own forward and an exported ONNX graph run
+through the same file preparation and write the same outputs (`transferlab.exported`).
 
 Images larger than ``tile`` are processed in tiles that overlap by ``overlap`` pixels; each output pixel comes
 from the tile where it lies farthest from a tile border (seams at the middle of each overlap), so for a
@@ -21,6 +25,7 @@ sliding_window_inference does, a large medical-imaging dependency); tiling here 
 from __future__ import annotations
 
 import abc
+import base64
 import csv
 import io
 from collections.abc import Callable
@@ -28,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.io import encode_png
+from torch import nn
+from torchvision.io import decode_png, encode_png
 
 from transferlab.constants import PREDICTIONS_FILE
 from transferlab.data.images import decode_rgb
@@ -44,10 +50,45 @@ class PredictOptions:
 
     output: Path
     top_k: int = 5
+    batch_size: int = 32  # classification: files per forward pass
     tile: int = 512
     overlap: int = 32
     style: str | None = None  # an image name or path, for models that take a style image
     mask: Path | None = None  # an image file, white = missing, for models that take a mask
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """A task's stand-alone inference model (`TransferTask.export_module`), as `tl-export` writes it.
+
+    `module` takes the `inputs` in order — float images in [0, 1], the main one named ``image`` — and returns
+    one tensor named `output`: `LOGITS` (a classifier: `ClassTable` reads them) or `OUTPUT_IMAGE` (an
+    image-to-image model, [0, 1]: `ImageFiles` writes it). `dynamic` names the axes of each input that may
+    take any length (batch, height, width); the examples fix the others. `metadata` is what `tl-predict`
+    needs besides the graph (class names, up-scale factor, …), JSON-serialisable values.
+    """
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    output: str
+    dynamic: dict[str, dict[int, str]]
+    metadata: dict[str, object]
+
+
+LOGITS, OUTPUT_IMAGE = "logits", "output_image"  # an exported model's output names (an input keeps its own name)
+BATCH_AXIS = {0: "batch"}
+IMAGE_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
+class Clamped(nn.Module):
+    """`net`'s output clamped to [0, 1]: what `tl-predict` writes (a module, so it can be exported)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).clamp(0, 1)
 
 
 class Predictor(abc.ABC):
@@ -63,7 +104,13 @@ class Predictor(abc.ABC):
 
 
 class ClassTable(Predictor):
-    """Class probabilities per file → ``predictions.csv`` (file, then class/probability for the top ``top_k``)."""
+    """Class probabilities per file → ``predictions.csv`` (file, then class/probability for the top ``top_k``).
+
+    Files are classified ``options.batch_size`` at a time: a classifier's prepared inputs all have one size,
+    so they stack, and one forward pass over a batch costs far less than one per file. A batch holds
+    consecutive files of the same prepared size (a datamodule whose preparation kept sizes apart would get
+    smaller batches, never a wrong one); rows keep the order of the files.
+    """
 
     def __init__(
         self,
@@ -76,26 +123,46 @@ class ClassTable(Predictor):
         self.logits, self.prepare, self.class_names, self.device = logits, prepare, class_names, device
         self.path = options.output / PREDICTIONS_FILE
         self.k = min(options.top_k, len(class_names))
+        self.batch_size = options.batch_size
+        self.pending: list[tuple[torch.Tensor, Path]] = []
         self.buffer = io.StringIO()
         self.writer = csv.writer(self.buffer)
         self.writer.writerow(["file", *[f"{kind}_{i}" for i in range(1, self.k + 1) for kind in ("class", "prob")]])
 
-    @torch.inference_mode()
     def add(self, image: torch.Tensor, relative: Path) -> None:
-        probs = self.logits(self.prepare(image)[None].to(self.device)).softmax(dim=-1)[0]
-        top = probs.topk(self.k)
-        pairs = [
-            v for i, p in zip(top.indices.tolist(), top.values.tolist()) for v in (self.class_names[i], f"{p:.6f}")
-        ]
-        self.writer.writerow([str(relative), *pairs])
+        prepared = self.prepare(image)
+        if self.pending and self.pending[0][0].shape != prepared.shape:
+            self.flush()
+        self.pending.append((prepared, relative))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    @torch.inference_mode()
+    def flush(self) -> None:
+        """Classify the pending files in one forward pass and add their rows."""
+        if not self.pending:
+            return
+        images = torch.stack([image for image, _ in self.pending]).to(self.device)
+        top = self.logits(images).softmax(dim=-1).topk(self.k)
+        for (_, relative), indices, values in zip(self.pending, top.indices.tolist(), top.values.tolist()):
+            pairs = [v for i, p in zip(indices, values) for v in (self.class_names[i], f"{p:.6f}")]
+            self.writer.writerow([str(relative), *pairs])
+        self.pending = []
 
     def finish(self) -> str:
+        self.flush()
         write_bytes_atomic(self.path, self.buffer.getvalue().encode())
         return f"Predictions: {self.path}"
 
 
 class ImageFiles(Predictor):
-    """An image-to-image function per file → one PNG each, tiled, `scale` times the input size."""
+    """An image-to-image function per file → one PNG each, tiled, `scale` times the input size.
+
+    One file at a time, never batched: files differ in size (they cannot stack without resizing, which
+    would change the output), large ones are already split into tiles whose memory a batch would multiply,
+    and a convolution over a whole image keeps the cores busy, so batching would save little but the
+    per-call overhead that a full-size image dwarfs.
+    """
 
     def __init__(
         self,
@@ -133,6 +200,16 @@ def read_mask(path: Path, device: torch.device) -> torch.Tensor:
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def png_base64(image: torch.Tensor) -> str:
+    """A uint8 (3, H, W) image as base64 PNG text (lossless), to travel inside a model file's metadata."""
+    return base64.b64encode(encode_png(image.cpu()).numpy().tobytes()).decode("ascii")
+
+
+def from_png_base64(text: str) -> torch.Tensor:
+    """The uint8 (3, H, W) image `png_base64` wrote."""
+    return decode_png(torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8))
 
 
 # -- tiling ----------------------------------------------------------------------------------------

@@ -39,5 +39,6 @@ class AdaINDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        out = self.body(features)
-        return out if tuple(out.shape[-2:]) == size else F.interpolate(out, size=size, mode="bilinear")
+        # Resized always (the identity when the size already matches, e.g. a multiple of the encoder's stride),
+        # so a traced or exported graph (tl-export) resizes every input size.
+        return F.interpolate(self.body(features), size=size, mode="bilinear")

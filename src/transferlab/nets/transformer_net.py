@@ -62,7 +62,8 @@ class TransformerNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images → stylized images (roughly [0, 1]; clamp for display), cropped to the input size."""
         h, w = images.shape[-2:]
-        pad_h, pad_w = (-h) % 4, (-w) % 4  # sizes not divisible by 4 are reflect-padded, then cropped back
-        x = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else images
+        # Sizes not divisible by 4 are reflect-padded, then cropped back. Padded always (by 0 when divisible), so
+        # a traced or exported graph (tl-export) keeps the padding for every input size.
+        x = F.pad(images, (0, (-w) % 4, 0, (-h) % 4), mode="reflect")
         out = self.decoder(self.residuals(self.encoder(x)))
         return images + out[..., :h, :w]

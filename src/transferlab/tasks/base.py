@@ -2,9 +2,10 @@
 input preparation, epoch logging and image grids, the inference interface `tl-predict` calls, and
 checkpoints whose hyper-parameters are plain containers.
 
-A task subclass writes `shared_step` (the loss of a batch, logging its metrics) and, for `tl-predict`,
-`predictor`; everything else here works for any network. The network's pretrained part (if any) is what
-`pretrained_part` returns: the fine-tune modes freeze exactly that, by switching its gradients off.
+A task subclass writes `shared_step` (the loss of a batch, logging its metrics), for `tl-predict`
+`predictor`, and for `tl-export` `export_module`; everything else here works for any network. The network's
+pretrained part (if any) is what `pretrained_part` returns: the fine-tune modes freeze exactly that, by
+switching its gradients off.
 
 Tasks receive their nested configs (`optimizer`, `scheduler`, …) un-instantiated (``_recursive_: false``)
 and store them resolved with `save_hyperparameters`, so a checkpoint holds only dicts, lists and numbers
@@ -33,7 +34,7 @@ from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError, describe
 
 if TYPE_CHECKING:
-    from transferlab.inference import PredictOptions, Predictor
+    from transferlab.inference import ExportSpec, PredictOptions, Predictor
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 GRID_SAMPLES = 4  # images per row of the validation grid a task shows
@@ -109,6 +110,13 @@ class TransferTask(pl.LightningModule, abc.ABC):
     def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
         """What `tl-predict` runs on each file: `prepare` makes a decoded uint8 RGB file into an input exactly as
         the run's test images were made (its datamodule's `file_transform`)."""
+
+    @abc.abstractmethod
+    def export_module(self, example: torch.Tensor) -> ExportSpec:
+        """The stand-alone inference model `tl-export` writes, built from this task's own (trained) modules.
+
+        `example` is one prepared input file as `tl-predict` would feed it ([0, 1] float, (1, 3, H, W)): a
+        model whose input size is fixed keeps that size, the others take any."""
 
     def pretrained_part(self) -> nn.Module | None:
         """The pretrained module the fine-tune modes freeze and give their own LR; None when all is new."""

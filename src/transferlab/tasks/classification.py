@@ -12,8 +12,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
-from transferlab.backbones import build_backbone
-from transferlab.inference import ClassTable, PredictOptions, Predictor
+from transferlab.backbones import ImageNetNormalize, build_backbone
+from transferlab.inference import BATCH_AXIS, LOGITS, ClassTable, ExportSpec, PredictOptions, Predictor
 from transferlab.loggers import log_figure
 from transferlab.tasks.base import TransferTask
 from transferlab.utils.config import to_plain
@@ -90,6 +90,11 @@ class ClassificationTask(TransferTask):
     def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
         """Class probabilities per file, of files prepared as the test images were."""
         return ClassTable(self, prepare, self.class_names, options, self.device)
+
+    def export_module(self, example: torch.Tensor) -> ExportSpec:
+        """[0, 1] images of the prepared size (any batch) → logits; the input normalisation is inside the model."""
+        module = nn.Sequential(ImageNetNormalize(), self.backbone, self.head)
+        return ExportSpec(module, {"image": example}, LOGITS, {"image": BATCH_AXIS}, {"class_names": self.class_names})
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class indices or, after MixUp/CutMix, class probabilities), with label smoothing."""

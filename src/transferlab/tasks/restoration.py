@@ -29,7 +29,16 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from transferlab.inference import ImageFiles, PredictOptions, Predictor, read_mask
+from transferlab.inference import (
+    IMAGE_AXES,
+    OUTPUT_IMAGE,
+    Clamped,
+    ExportSpec,
+    ImageFiles,
+    PredictOptions,
+    Predictor,
+    read_mask,
+)
 from transferlab.losses import PerceptualLoss, pixel_loss
 from transferlab.nets import build_network, network_class, takes
 from transferlab.tasks.base import TransferTask
@@ -43,6 +52,18 @@ def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
     """BT.601 luma of [0, 1] RGB, in [16/255, 235/255] (MATLAB's ``rgb2ycbcr``, as BasicSR computes PSNR-Y)."""
     weights = images.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
     return ((images * weights).sum(dim=1, keepdim=True) + 16.0) / 255.0
+
+
+class Inpainter(nn.Module):
+    """An inpainting network (the mask is its 4th input channel) over image and mask as separate inputs, its
+    output clamped to [0, 1] (the exported model)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([images, mask.to(images.dtype)], dim=1)).clamp(0, 1)
 
 
 class RestorationTask(TransferTask):
@@ -154,6 +175,17 @@ class RestorationTask(TransferTask):
                 raise UserError("this is an inpainting model: pass mask=<image file, white = missing>")
             mask = read_mask(options.mask, self.device)
         return ImageFiles(self.restore, prepare, options, self.device, scale=self.scale, mask=mask)
+
+    def export_module(self, example: torch.Tensor) -> ExportSpec:
+        """[0, 1] images (+ an inpainting model's mask, 1 = missing) of any batch and size → the restored images,
+        clamped to [0, 1], `scale` times the input size (what `tl-predict` writes)."""
+        inputs = {"image": example}
+        module: nn.Module = Clamped(self.net)
+        if self.mask_channel:
+            inputs["mask"] = (example[:, :1] > 0.5).float()
+            module = Inpainter(self.net)
+        dynamic = {name: IMAGE_AXES for name in inputs}
+        return ExportSpec(module, inputs, OUTPUT_IMAGE, dynamic, {"scale": self.scale})
 
     # -- metrics -----------------------------------------------------------------------------------
     def for_metric(self, images: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,16 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from transferlab.data.photos import load_image
-from transferlab.inference import ImageFiles, PredictOptions, Predictor
+from transferlab.inference import (
+    IMAGE_AXES,
+    OUTPUT_IMAGE,
+    Clamped,
+    ExportSpec,
+    ImageFiles,
+    PredictOptions,
+    Predictor,
+    png_base64,
+)
 from transferlab.losses import LossNetwork, feature_loss, gram_matrix, mean_std, style_loss, total_variation
 from transferlab.nets import build_network
 from transferlab.nets.adain import adain
@@ -42,6 +51,25 @@ from transferlab.utils.errors import UserError
 def square(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the short side to `size` and centre-crop: every style image gets the same shape and scale."""
     return TF.center_crop(TF.resize(image, [size], antialias=True), [size, size])
+
+
+def style_input(style: str, size: int) -> torch.Tensor:
+    """A style image (embedded name or path) as an AdaIN model takes it: `square` at `size`, [0, 1], (1, 3, S, S)."""
+    return square(load_image(style), size)[None].float().div(255)
+
+
+class AdaINStylizer(nn.Module):
+    """AdaIN inference as one module: encode content and style, match statistics, decode at the content's size.
+
+    The style batch is 1 (one style for all contents) or the content's: the style statistics broadcast."""
+
+    def __init__(self, encoder: nn.Module, layer: str, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.layer, self.decoder = encoder, layer, decoder
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        target = adain(self.encoder(content)[self.layer], self.encoder(style)[self.layer])
+        return self.decoder(target, tuple(content.shape[-2:])).clamp(0, 1)
 
 
 class StyleTask(TransferTask, abc.ABC):
@@ -158,6 +186,10 @@ class StyleTransferTask(StyleTask):
         """[0, 1] content images → stylized images (the style is the model's own)."""
         return self.net(content)
 
+    def export_module(self, example: torch.Tensor) -> ExportSpec:
+        """[0, 1] images of any batch and size → stylized images in [0, 1] (the style is built in)."""
+        return ExportSpec(Clamped(self.net), {"image": example}, OUTPUT_IMAGE, {"image": IMAGE_AXES}, {})
+
     def style_for_prediction(self, style: str | None) -> None:
         if style is not None:
             raise UserError("style= needs an AdaIN model (model=adain); this stylizer has its style built in")
@@ -207,8 +239,17 @@ class AdaINTask(StyleTask):
     def style_for_prediction(self, style: str | None) -> torch.Tensor | None:
         if style is None:
             return None
-        image = square(load_image(style), self.hparams.style_size)
-        return image[None].float().div(255).to(self.device)
+        return style_input(style, self.hparams.style_size).to(self.device)
+
+    def export_module(self, example: torch.Tensor) -> ExportSpec:
+        """Content images ([0, 1], any batch and size) and one style image ([0, 1], (1, 3, any size)) → stylized
+        images in [0, 1]. The first training style goes along (metadata, PNG) for `tl-predict` without style=."""
+        module = AdaINStylizer(self.loss_net, self.adain_layer, self.net)
+        default = self.style_images[0]
+        inputs = {"image": example, "style": default[None].float().div(255)}
+        dynamic = {"image": IMAGE_AXES, "style": {2: "style_height", 3: "style_width"}}
+        metadata = {"style_size": self.hparams.style_size, "default_style": png_base64(default)}
+        return ExportSpec(module, inputs, OUTPUT_IMAGE, dynamic, metadata)
 
     def loss_terms(
         self, content: torch.Tensor, fixed_style: bool

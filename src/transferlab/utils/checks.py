@@ -166,8 +166,12 @@ RULES: dict[str, Rule] = {
     "callbacks.model_checkpoint.last_every_minutes": NON_NEGATIVE,
     # tl-predict
     "top_k": COUNT,
+    "batch_size": COUNT,
     "tile": Number(low=8, integer=True),
     "overlap": Number(low=0, integer=True),
+    # tl-export
+    "format": OneOf(("onnx", "torchscript")),
+    "dynamo": OneOf((True, False)),
 }
 
 
