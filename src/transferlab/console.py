@@ -32,6 +32,8 @@ _PROVOKED_WARNINGS = (
     (r"Found \d+ module\(s\) in eval mode at the start of training", r"pytorch_lightning\.loops\.fit_loop"),
     # CSV logs go straight into the job directory, which always holds .hydra/ already
     (r"Experiment logs directory .* exists and is not empty", r"lightning_fabric\.loggers\.csv_logs"),
+    # epoch means are logged by transferlab whatever the interval; only the step loss follows log_every_n_steps
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", r"pytorch_lightning\.loops"),
     # a machine with SLURM's client tools installed, used locally (SLURM jobs run through hydra/launcher=slurm)
     (r"The `srun` command is available on your system but is not used", r"lightning_fabric\.plugins\.environments"),
 )
