@@ -40,23 +40,29 @@ _PROVOKED_WARNINGS = (
 
 
 @contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Warnings and errors only from these loggers for the block (their INFO chatter off)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def quiet(verbose: bool) -> Iterator[None]:
     """Lightning's chatter and the warnings transferlab provokes off for the block (unless `verbose`)."""
     if verbose:
         yield
         return
-    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loggers(*_CHATTY_LOGGERS):
         for message, module in _PROVOKED_WARNINGS:
             warnings.filterwarnings("ignore", message=message, module=module)
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+        yield
 
 
 def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:

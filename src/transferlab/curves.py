@@ -67,6 +67,17 @@ def mean_band(label: str, runs: Sequence[Mapping[int, float]]) -> Curve:
     )
 
 
+def finish_png(figure: Any, axes: Any, x_label: str, y_label: str, path: Path) -> None:
+    """Label, grid and legend `axes`, then write `figure` as a PNG (whole or not at all) and free it."""
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    save_png(figure, path)
+    pyplot().close(figure)
+
+
 def save_png(figure: Any, path: Path) -> None:
     """A matplotlib figure as a PNG that readers see whole or not at all."""
     with atomic_file(path) as tmp:
@@ -92,10 +103,4 @@ def plot_curves(tag: str, curves: Sequence[Curve], path: Path) -> None:
         if curve.runs > 1:
             axes.fill_between(curve.steps, curve.low, curve.high, color=line.get_color(), alpha=0.2, linewidth=0)
     axes.set_title(f"{tag}: mean, band {BAND}", fontsize="medium")
-    axes.set_xlabel("step")
-    axes.set_ylabel(tag)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    save_png(figure, path)
-    plt.close(figure)
+    finish_png(figure, axes, "step", tag, path)

@@ -15,12 +15,10 @@ here instead of giving wrong results later. The file is written atomically (neve
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from transferlab.cli import hydra_app
+from transferlab.console import quiet_loggers
 from transferlab.exported import METADATA_PREFIX, onnx_session, require, run_session
 from transferlab.inference import ExportSpec
 from transferlab.trust import CheckedCheckpoint, open_checkpoint
@@ -101,20 +100,6 @@ def check_matches(spec: ExportSpec, run: Callable[[dict[str, torch.Tensor]], tor
 
 def _shapes(inputs: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{name} {list(t.shape)}" for name, t in inputs.items())
-
-
-@contextlib.contextmanager
-def quiet_loggers(*names: str) -> Iterator[None]:
-    """Warnings and errors only from these loggers (the dynamo exporter's passes log each step at INFO)."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def quiet_exporters() -> None:

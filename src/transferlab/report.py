@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from transferlab.constants import METRICS_FILE
-from transferlab.curves import has_events, mean_band, plot_curves, pyplot, read_scalars, save_png
+from transferlab.curves import finish_png, has_events, mean_band, plot_curves, pyplot, read_scalars
 from transferlab.utils.errors import UserError, closest, report_user_errors
 from transferlab.utils.io import atomic_file
 
@@ -201,13 +201,7 @@ def plot(groups: Sequence[Group], metric: str, x_key: str, path: Path) -> None:
         if any(isinstance(x, str) for x in xs):  # a categorical key (e.g. a backbone name)
             xs = tuple(str(x) for x in xs)
         axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
-    axes.set_xlabel(x_key)
-    axes.set_ylabel(metric)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    save_png(figure, path)
-    plt.close(figure)
+    finish_png(figure, axes, x_key, metric, path)
 
 
 def default_curve_tags(jobs: Sequence[Job]) -> list[str]:
