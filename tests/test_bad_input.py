@@ -153,6 +153,9 @@ def _bad_files(root: Path) -> None:
     torch.save({"state_dict": {"w": torch.zeros(2)}}, root / "foreign.ckpt")
     (root / "text.ckpt").write_text("hello")
     (root / "empty_input").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(root / "photo.png")
 
 
 DATA_CASES = [
@@ -193,7 +196,12 @@ DATA_CASES = [
         "error: timm backbone 'timm/resnet18' has no feature layers ['relu']. Set model.backbone.layers to some",
     ),
     ("tl-eval", ["ckpt_path={tmp}/foreign.ckpt"], "error: {tmp}/foreign.ckpt was not written by tl-train"),
-    ("tl-predict", ["ckpt_path={tmp}/text.ckpt", "input={tmp}/empty_input"], "error: cannot read checkpoint"),
+    ("tl-predict", ["ckpt_path={tmp}/text.ckpt", "input={tmp}/photo.png"], "error: cannot read checkpoint"),
+    (
+        "tl-predict",
+        ["ckpt_path={tmp}/text.ckpt", "input={tmp}/empty_input"],
+        "error: no image files in {tmp}/empty_input",
+    ),
 ]
 
 
