@@ -149,7 +149,7 @@ def stand_ins(cfg, tmp_path: Path) -> list[str]:
         overrides.append("model.backbone.weights=null")
     if "style_size" in cfg.model:
         overrides.append("model.style_size=32")
-    return [*overrides, "logger=none"]
+    return [*overrides, "logger=none", "trainer.detect_anomaly=false"]
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from conftest import fit_briefly, run_cli
 from test_data import write_cifar
-from transferlab.backbones import build_backbone
+from transferlab.backbones import build_backbone, build_features
 from transferlab.inference import ExportSpec
 from transferlab.train import run
 from transferlab.trust import open_checkpoint
@@ -108,6 +108,8 @@ def test_small_cnn_is_a_backbone_name_with_a_trunk_sized_from_the_image() -> Non
         build_backbone("small_cnn").body(torch.zeros(1, 3, 64, 64))
     with pytest.raises(UserError, match="no 'imagenet' weights"):
         build_backbone("small_cnn", "imagenet")
+    stages = build_features("small_cnn", None, ["features.2", "features.5"])(torch.zeros(1, 3, 32, 32))  # a U-Net's
+    assert [tuple(v.shape) for v in stages.values()] == [(1, 32, 16, 16), (1, 64, 8, 8)]
 
 
 def test_small_cnn_head_has_the_hidden_layer_and_learns_a_fixed_batch(make_cfg) -> None:

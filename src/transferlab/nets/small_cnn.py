@@ -41,10 +41,19 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.features(images)
-        if features.shape[1] != self.num_features:  # a shape, not a value: no device sync
-            raise UserError(
-                f"small_cnn was built for {self.image_size} px images, got {images.shape[-2]}×{images.shape[-1]}. "
-                "Set model.backbone.kwargs.image_size to the data's image size"
-            )
+        features = check_size(self.features(images), self.num_features, self.image_size)
         return self.classifier(features)
+
+
+def check_size(features: torch.Tensor, expected: int, image_size: int) -> torch.Tensor:
+    """`features`, or a one-line error when the images were not the size the FC head was built for (a shape
+    check: no device sync). A leaf for torch.fx, so U-Net feature extraction can still trace the model."""
+    if features.shape[1] != expected:
+        raise UserError(
+            f"small_cnn was built for {image_size} px images (set model.backbone.kwargs.image_size to the data's "
+            f"image size), got features of {features.shape[1]} values, not {expected}"
+        )
+    return features
+
+
+torch.fx.wrap("check_size")
