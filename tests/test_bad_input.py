@@ -88,6 +88,7 @@ CONFIG_CASES = [
         "error: unknown key model.finetune.mode",
     ),
     ("tl-train", ["experiment=denoising", "model.net.depth=0"], "error: model.net.depth must be an integer >= 1"),
+    ("tl-train", ["model.head_hidden=0"], "error: model.head_hidden must be an integer >= 1"),
     ("tl-train", ["experiment=style_transfer", "model/loss_network=vgg19"], "error: no model/loss_network config"),
     ("tl-train", ["experiment=style_transfer", "model.style_weight=-1"], "error: model.style_weight must be a number"),
     ("tl-eval", [], "error: ckpt_path is required and has no value. Pass ckpt_path=<value>"),

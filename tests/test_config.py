@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from conftest import TINY_PHOTOS
+from test_data import write_cifar
 from transferlab.runner import instantiate_named
 from transferlab.utils.config import config_dir
 
@@ -129,6 +131,36 @@ def test_experiment_configs_compose_and_instantiate(make_cfg, name: str, tmp_pat
     instantiate(cfg.data)
     instantiate(cfg.model, **task_args(cfg))
     instantiate(cfg.trainer)
+
+
+def stand_ins(cfg, tmp_path: Path) -> list[str]:
+    """Overrides that keep an experiment's data, model and task but make them tiny and offline: CIFAR batches
+    written in the real format, few shapes or photo patches, source weights off (full mode has its own test)."""
+    data = cfg.data._target_.rsplit(".", 1)[-1]
+    if data == "CIFARDataModule":
+        write_cifar(tmp_path / "cifar", cfg.data.variant)
+        overrides = [f"data.root={tmp_path / 'cifar'}", "data.batch_size=8", "data.image_size=32"]
+    elif data == "ShapesDataModule":
+        overrides = ["data.train_size=60", "data.test_size=20", "data.batch_size=8", "data.image_size=32"]
+        overrides.append("data.examples_per_class=null")
+    else:
+        overrides = [o for o in TINY_PHOTOS if not o.startswith("data=")]
+    if "backbone" in cfg.model:
+        overrides.append("model.backbone.weights=null")
+    if "style_size" in cfg.model:
+        overrides.append("model.style_size=32")
+    return [*overrides, "logger=none", "trainer.detect_anomaly=false"]
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_runs_a_fast_dev_run(make_cfg, name: str, tmp_path: Path) -> None:
+    """Each recipe trains, validates and tests one batch with its own data module, model and task."""
+    from transferlab.train import run
+
+    composed = make_cfg(f"experiment={name}", tiny=False)
+    cfg = make_cfg(f"experiment={name}", "debug=fdr", *stand_ins(composed, tmp_path), tiny=False, out="fdr")
+    run(cfg)
+    assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
 
 
 def test_monitor_lives_in_one_key(make_cfg) -> None:

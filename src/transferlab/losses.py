@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from transferlab.backbones import ImageNetNormalize, build_backbone
+from transferlab.backbones import InputNormalize, build_backbone
 from transferlab.utils.errors import UserError, closest
 
 
@@ -96,7 +96,7 @@ class LossNetwork(nn.Module):
             return_nodes[node] = layer
         self.body = create_feature_extractor(body, return_nodes=return_nodes)
         self.requires_grad_(False)
-        self.normalize = ImageNetNormalize()
+        self.normalize = InputNormalize()
         self.eval()
 
     def train(self, mode: bool = True) -> LossNetwork:

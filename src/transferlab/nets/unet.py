@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferlab.backbones import ImageNetNormalize, build_features
+from transferlab.backbones import InputNormalize, build_features
 from transferlab.nets.dncnn import zero_last
 from transferlab.utils.errors import UserError
 
@@ -87,7 +87,7 @@ class UNet(nn.Module):
         weights = backbone.get("weights") if load_weights else None
         self.backbone, skips = build_encoder(backbone["name"], weights, self.layers, backbone.get("kwargs"))
         self.decoder = UNetDecoder(skips, in_channels, out_channels, width)
-        self.normalize = ImageNetNormalize()
+        self.normalize = InputNormalize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(self.normalize(x[:, :3]))

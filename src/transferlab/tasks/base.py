@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
-from transferlab.backbones import ImageNetNormalize
+from transferlab.backbones import InputNormalize
 from transferlab.finetune import Finetune
 from transferlab.loggers import log_image_rows
 from transferlab.utils.compile import compile_forward
@@ -77,6 +77,7 @@ class TransferTask(pl.LightningModule, abc.ABC):
         finetune: dict[str, Any] | None = None,
         compile: str | None = None,
         channels_last: bool | None = None,
+        input_norm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if compile not in COMPILE_MODES:
@@ -90,7 +91,7 @@ class TransferTask(pl.LightningModule, abc.ABC):
         self._channels_last_on: bool | None = None  # decided in configure_model, once the device is known
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage → loss term → Σ value·batch (device)
         self._loss_counts: dict[str, int] = {}
-        self.imagenet_normalize = ImageNetNormalize(scale=255)
+        self.input_normalize = InputNormalize.from_config(to_plain(input_norm), scale=255)  # null: ImageNet's
         self._grid: tuple[str, list[torch.Tensor]] | None = None
         self.run_record: dict[str, Any] | None = None  # set by tl-train: {"config": …, "version": …}
 
@@ -128,8 +129,9 @@ class TransferTask(pl.LightningModule, abc.ABC):
         return self.pretrained_part() is not None and self.finetune.backbone_frozen(self.current_epoch)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (or [0, 255] float) images → ImageNet-normalised float, in the memory format the model runs."""
-        out = self.imagenet_normalize(images)
+        """uint8 (or [0, 255] float) images → normalised float (ImageNet's mean/std unless the task was given
+        ``input_norm``), in the memory format the model runs."""
+        out = self.input_normalize(images)
         channels_last = self._channels_last_on if self._channels_last_on is not None else self._use_channels_last()
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 

@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
-from transferlab.backbones import ImageNetNormalize, build_backbone
+from transferlab.backbones import InputNormalize, build_backbone
 from transferlab.inference import BATCH_AXIS, LOGITS, ClassTable, ExportSpec, PredictOptions, Predictor
 from transferlab.loggers import log_figure
 from transferlab.tasks.base import TransferTask
@@ -21,7 +21,10 @@ from transferlab.utils.errors import UserError
 
 
 class ClassificationTask(TransferTask):
-    """Backbone features → dropout → linear head over ``num_classes`` (taken from the datamodule).
+    """Backbone features → dropout → [hidden Linear-ReLU] → linear head over ``num_classes`` (from the datamodule).
+
+    ``input_norm`` ({mean, std}; null = ImageNet's) is the input normalisation, inside the model for training,
+    reloading, tl-predict and tl-export alike. ``head_hidden`` (null or a width) puts a hidden layer in the head.
 
     Training batches can be mixed (MixUp/CutMix, ``mixup_alpha``/``cutmix_alpha`` > 0).
     Logs ``{stage}/loss``, ``{stage}/acc`` (top-1), ``{stage}/acc_top5`` (with ≥ 5 classes), per-class
@@ -42,10 +45,14 @@ class ClassificationTask(TransferTask):
         class_names: list[str] | None = None,
         compile: str | None = None,
         channels_last: bool | None = None,
+        input_norm: dict[str, Any] | None = None,
+        head_hidden: int | None = None,
         load_source_weights: bool = True,
     ) -> None:
-        backbone, optimizer, scheduler, finetune = map(to_plain, (backbone, optimizer, scheduler, finetune))
-        super().__init__(optimizer, scheduler, finetune, compile, channels_last)
+        backbone, optimizer, scheduler, finetune, input_norm = map(
+            to_plain, (backbone, optimizer, scheduler, finetune, input_norm)
+        )
+        super().__init__(optimizer, scheduler, finetune, compile, channels_last, input_norm)
         if num_classes < 2:
             raise UserError(f"classification needs at least 2 classes, the data has {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
@@ -54,7 +61,7 @@ class ClassificationTask(TransferTask):
         source = backbone.get("weights") if load_source_weights else None
         built = build_backbone(backbone["name"], source, backbone.get("kwargs"))
         self.backbone = built.body
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(built.num_features, num_classes))
+        self.head = classification_head(built.num_features, num_classes, head_dropout, head_hidden)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.label_smoothing = label_smoothing
         self.batch_mix = batch_mixing(num_classes, mixup_alpha, cutmix_alpha)
@@ -93,7 +100,8 @@ class ClassificationTask(TransferTask):
 
     def export_module(self, example: torch.Tensor) -> ExportSpec:
         """[0, 1] images of the prepared size (any batch) → logits; the input normalisation is inside the model."""
-        module = nn.Sequential(ImageNetNormalize(), self.backbone, self.head)
+        normalize = InputNormalize.from_config(self.hparams.input_norm)  # the [0, 1] scale exports take
+        module = nn.Sequential(normalize, self.backbone, self.head)
         return ExportSpec(module, {"image": example}, LOGITS, {"image": BATCH_AXIS}, {"class_names": self.class_names})
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -160,6 +168,17 @@ class ClassificationTask(TransferTask):
         confusion.reset()
         if matrix is not None and not self.trainer.sanity_checking:
             log_figure(self, f"{stage}/confusion_matrix", confusion_figure(matrix, self.class_names))
+
+
+def classification_head(num_features: int, num_classes: int, dropout: float, hidden: int | None) -> nn.Sequential:
+    """Dropout → Linear to the classes, or with `hidden`: dropout → Linear(hidden)-ReLU → Linear to the classes."""
+    if hidden is None:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+        raise UserError(f"model.head_hidden must be null or a width >= 1, got {hidden}")
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+    )
 
 
 def batch_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:

@@ -147,6 +147,7 @@ RULES: dict[str, Rule] = {
     "model.optimizer.momentum": Number(low=0, high=1, open_high=True),
     "model.label_smoothing": FRACTION,
     "model.head_dropout": FRACTION,
+    "model.head_hidden": Number(low=1, integer=True, nullable=True, meaning="null = no hidden layer"),
     "model.mixup_alpha": NON_NEGATIVE,
     "model.cutmix_alpha": NON_NEGATIVE,
     "model.finetune.mode": OneOf(("full", "linear_probe", "gradual")),
