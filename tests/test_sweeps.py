@@ -154,6 +154,17 @@ def test_report_mean_std_count_and_unfinished_jobs(tmp_path: Path, capsys: pytes
         report([str(tmp_path / "missing")])
 
 
+def test_report_rows_follow_numeric_order(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for k in (20, 1, 10, 2, 5):
+        for weights in ("null", "imagenet"):
+            fake_job(sweep, [f"data.examples_per_class={k}", f"w={weights}"], {"val/psnr": float(k), "test/psnr": 1.0})
+    rows = [
+        line.split(" | ")[:2] for line in report([str(sweep)]).splitlines() if line.startswith("| ") and "/" in line
+    ]
+    assert [r[0].strip("| ") for r in rows[1::2]] == ["1", "2", "5", "10", "20"], rows
+
+
 def test_report_plot_defaults_and_refusals(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     for name, lr in (("dncnn", "0.1"), ("dncnn", "0.01"), ("unet", "0.1")):

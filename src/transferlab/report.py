@@ -109,7 +109,16 @@ def group_jobs(jobs: Sequence[Job], ignore: Sequence[str]) -> list[Group]:
     for job in jobs:
         key = tuple(sorted((k, v) for k, v in job.overrides.items() if k not in ignore))
         groups.setdefault(key, Group(key)).jobs.append(job)
-    return [groups[key] for key in sorted(groups)]
+    return [groups[key] for key in sorted(groups, key=_natural_order)]
+
+
+def _natural_order(key: tuple[tuple[str, str], ...]) -> tuple[tuple[str, int, float, str], ...]:
+    """Rows in the order a reader expects: numbers by value (1, 2, 5, 10, 20, not 1, 10, 2, …), then text."""
+    ordered = []
+    for name, value in key:
+        number = _as_number(value)
+        ordered.append((name, 0, number, "") if isinstance(number, float) else (name, 1, 0.0, value))
+    return tuple(ordered)
 
 
 def varying_keys(groups: Sequence[Group]) -> list[str]:
