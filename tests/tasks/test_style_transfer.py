@@ -125,13 +125,16 @@ def test_style_comparison_scores_every_stylizer_under_every_loss_network(make_cf
         cfg = make_cfg(*overrides, tiny=False, out=name)
         run(cfg)
         checkpoints[name] = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
-    args = [f"--run={name}={path}" for name, path in checkpoints.items()]
+    args = [f"--run=lite0={checkpoints['lite0']}", *[f"--run=vgg={checkpoints['vgg']}"] * 2]
     result = subprocess.run(
         [sys.executable, str(compare), *args, "--out", str(tmp_path / "cmp")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in (tmp_path / "cmp" / "results.md").read_text().splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == ["identity (no stylization)", "lite0", "vgg"]
-    assert rows[1].count("0 / ") == 2 and "(1.00× identity)" in rows[1]  # identity: no content loss, base style
+    cells = [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows[1:]]
+    assert [row[0] for row in cells] == ["identity (no stylization)", "lite0", "vgg"]
+    assert cells[0][1:] == ["1", "0", "1", "0", "1"]  # identity: no content loss, the base style loss
+    assert cells[1][1] == "1" and cells[2][1] == "2"  # checkpoints (seeds) per stylizer
+    assert all(" ± 0" in value for value in cells[2][2:])  # the same checkpoint twice: no spread
     with Image.open(tmp_path / "cmp" / "grid.png") as grid:
         assert grid.size == (4 * 128, 3 * 128)  # content, style, two outputs; three photos

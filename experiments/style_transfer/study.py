@@ -1,0 +1,99 @@
+"""Which loss network stylizes offline, over 3 seeds: the whole study in one command.
+
+    python experiments/style_transfer/study.py            # the committed results/ (2 CPU cores: ~15 minutes)
+    python experiments/style_transfer/study.py --tiny     # a minute: checks the pipeline, not the numbers
+
+Runs exactly what a user would: ``tl-train -m experiment=style_transfer`` over both loss networks and three
+seeds (one Hydra sweep; finished jobs of an interrupted study are skipped when it is run again), then
+``tl-report --plot`` (the table and the learning curves) and ``compare.py`` (every stylizer under every loss
+network, mean ± std over seeds, and the output grid). Everything lands in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOSS_NETWORKS = {"vgg16": "vgg16 (random features)", "efficientnet_lite0": "efficientnet_lite0 (ImageNet)"}
+SEEDS = (0, 1, 2)
+TINY = [
+    "data.patch_size=32",
+    "data.batch_size=2",
+    "data.train_patches=4",
+    "data.val_patches=2",
+    "trainer.max_epochs=2",
+    "model.style_size=64",
+    "model.net.channels=4",
+    "model.net.res_blocks=1",
+]
+CURVES = "train/loss,val/loss,val/loss_content,val/loss_style"
+
+
+def run(command: list[str]) -> None:
+    """Run a transferlab command as a user would; its failure ends the study with its own error line."""
+    print("$", " ".join(command), flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"error: `{' '.join(command)}` failed (its output is above); fix it and rerun the study")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("outputs/style_study"), help="the sweep goes here")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="tables, curves and grid")
+    parser.add_argument("--tiny", action="store_true", help="2 seeds, tiny network and patches: a smoke test")
+    args = parser.parse_args()
+    seeds = SEEDS[:2] if args.tiny else SEEDS
+    sweep = args.work.resolve() / "sweep"
+    started = time.perf_counter()
+    run(
+        [
+            "tl-train",
+            "-m",
+            "experiment=style_transfer",
+            f"model/loss_network={','.join(LOSS_NETWORKS)}",
+            f"seed={','.join(map(str, seeds))}",
+            "logger=tensorboard",
+            f"hydra.sweep.dir={sweep}",
+            *(TINY if args.tiny else []),
+        ]
+    )
+    trained = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()
+    run(
+        [
+            "tl-report",
+            str(sweep),
+            "--markdown",
+            str(out / "report.md"),
+            "--csv",
+            str(out / "report.csv"),
+            "--plot",
+            str(out / "report.png"),
+            "--curves",
+            CURVES,
+        ]
+    )
+    runs = []
+    for network, label in LOSS_NETWORKS.items():
+        runs += [f"--run={label}={job_checkpoint(sweep, network, seed)}" for seed in seeds]
+    run([sys.executable, str(HERE / "compare.py"), *runs, "--out", str(out)])
+    print(f"study: {len(LOSS_NETWORKS) * len(seeds)} jobs trained in {trained:.0f} s; results in {out}")
+
+
+def job_checkpoint(sweep: Path, network: str, seed: int) -> Path:
+    """The best.ckpt of the sweep job that trained with `network` and `seed` (read from its overrides)."""
+    from transferlab.report import find_jobs
+
+    for job in find_jobs([sweep]):
+        if job.overrides.get("model/loss_network") == network and job.overrides.get("seed") == str(seed):
+            return job.path / "checkpoints" / "best.ckpt"
+    raise SystemExit(f"error: no job with model/loss_network={network} seed={seed} under {sweep}; rerun the study")
+
+
+if __name__ == "__main__":
+    main()
