@@ -192,3 +192,23 @@ def test_ckpt_path_last_resumes_this_run_directory(make_cfg) -> None:
     assert summary["resumed_from"] == str(out / "checkpoints" / "last.ckpt") and summary["epochs"] == 2
     with pytest.raises(UserError, match=r"ckpt_path=last: .*last.ckpt does not exist. Re-run into"):
         run(make_cfg("ckpt_path=last", out="elsewhere"))
+
+
+def test_non_finite_metrics_are_named_not_dropped() -> None:
+    """metrics.json keeps strict JSON (finite floats under "metrics") and names what diverged, so a run whose test
+    loss is inf does not look like a run that never tested."""
+    import torch
+
+    from transferlab.runner import non_finite_metrics, scalar_metrics
+
+    logged = {"test/acc": torch.tensor(0.5), "test/loss": torch.tensor(float("inf")), "val/loss": float("nan")}
+    assert scalar_metrics(logged) == {"test/acc": 0.5}
+    assert non_finite_metrics(logged) == {"test/loss": "inf", "val/loss": "nan"}
+    assert json.loads(json.dumps(non_finite_metrics(logged), allow_nan=False))  # strict JSON
+
+
+def test_a_finished_run_lists_no_non_finite_metrics(make_cfg) -> None:
+    cfg = make_cfg()
+    run(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert summary["non_finite_metrics"] == {} and "test/loss" in summary["metrics"]

@@ -18,6 +18,7 @@ from transferlab.runner import (
     build,
     build_trainer,
     instantiate_named,
+    non_finite_metrics,
     output_dir,
     scalar_metrics,
     task_overrides,
@@ -56,6 +57,7 @@ def _test(cfg: DictConfig) -> dict[str, float]:
             {
                 "checkpoint": str(ckpt_path.resolve()),
                 "metrics": metrics,
+                "non_finite_metrics": non_finite_metrics(results[0] if results else {}),
                 "skipped_files": datamodule.skipped_files(),
                 "wall_time_s": round(time.time() - started, 2),
                 "overrides": task_overrides(),

@@ -111,13 +111,21 @@ def output_dir() -> Path:
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Plain floats from Lightning's logged metrics (one host sync, at the end of the run)."""
-    out = {}
-    for name, value in sorted(metrics.items()):
-        number = float(value.item() if isinstance(value, torch.Tensor) else value)
-        if math.isfinite(number):
-            out[name] = number
-    return out
+    """Plain finite floats from Lightning's logged metrics (one host sync, at the end of the run)."""
+    return {name: number for name, number in _numbers(metrics).items() if math.isfinite(number)}
+
+
+def non_finite_metrics(metrics: dict[str, Any]) -> dict[str, str]:
+    """The metrics that ended inf or nan (a diverged run), as ``"inf"``/``"nan"`` strings: strict JSON has no
+    infinity, and dropping them silently would make a diverged run's metrics.json look merely incomplete."""
+    return {name: str(number) for name, number in _numbers(metrics).items() if not math.isfinite(number)}
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        name: float(value.item() if isinstance(value, torch.Tensor) else value)
+        for name, value in sorted(metrics.items())
+    }
 
 
 def task_overrides() -> list[str]:

@@ -28,6 +28,7 @@ from transferlab.runner import (
     finished_summary,
     instantiate_named,
     is_multirun,
+    non_finite_metrics,
     output_dir,
     resolved,
     resume_checkpoint,
@@ -98,6 +99,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             print(header(cfg, trainer, job_dir), flush=True)
 
         metrics: dict[str, float] = {}
+        diverged: dict[str, str] = {}  # metrics that ended inf/nan
         if cfg.train:
             try:
                 with step_boundary_requeue(trainer):
@@ -105,6 +107,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             except SIGTERMException:  # state saved and the resume command printed by the checkpoint callback
                 raise SystemExit(128 + signal.SIGTERM) from None
             metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
+            diverged.update(non_finite_metrics(trainer.callback_metrics))
         checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
         test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
@@ -112,6 +115,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             verbose = bool(cfg.get("verbose", False))
             trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=verbose)
             metrics.update(scalar_metrics(trainer.callback_metrics))
+            diverged.update(non_finite_metrics(trainer.callback_metrics))
             if trainer.is_global_zero and not verbose:
                 print(results_line(metrics), flush=True)
 
@@ -119,6 +123,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         summary: dict[str, Any] = {
             "monitor": {"metric": cfg.monitor.metric, "mode": cfg.monitor.mode, "best": best},
             "metrics": metrics,
+            "non_finite_metrics": {name: value for name, value in diverged.items() if name not in metrics},
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "best_checkpoint": best_path or None,
