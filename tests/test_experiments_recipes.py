@@ -146,3 +146,38 @@ def test_small_cnn_trunk_transfers_from_its_checkpoint_and_stays_frozen_under_li
     for key, value in model.backbone.state_dict().items():
         torch.testing.assert_close(value, trunk[key], msg=f"{key} trained under linear_probe")
     assert not torch.equal(head_before, model.head[1].weight)  # the new head did train
+
+
+# -- the transfer studies in full mode ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("study", "jobs"),
+    [
+        pytest.param("scratch_vs_transfer", 2),
+        pytest.param("finetune_modes", 3, marks=pytest.mark.slow),
+        pytest.param("contrast_augmentation", 5, marks=pytest.mark.slow),
+        pytest.param("fewshot_transfer", 10, marks=pytest.mark.slow),
+    ],
+)
+def test_transfer_studies_run_in_full_mode_on_cifar_files(tmp_path: Path, study: str, jobs: int) -> None:
+    """The README's full-mode command (data=cifar10, files where the README says), every swept configuration of
+    seed 0 as a fast_dev_run on CIFAR-10 batches in the official format: no embedded-data key is left behind."""
+    write_cifar(tmp_path / "data" / "cifar", per_batch=150)  # contrast_augmentation keeps 50 per class
+    result = run_cli(
+        "tl-train",
+        "-m",
+        f"experiment={study}",
+        "data=cifar10",
+        "data.image_size=64",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "seed=0",
+        "debug=fdr",
+        "trainer.accelerator=cpu",
+        "data.num_workers=0",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(path.read_text()) for path in (tmp_path / "sweep").rglob("metrics.json")]
+    assert len(summaries) == jobs
+    assert all("test/acc" in summary["metrics"] for summary in summaries)
