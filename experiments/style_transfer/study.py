@@ -5,7 +5,7 @@
 
 Runs exactly what a user would: ``tl-train -m experiment=style_transfer`` over both loss networks and three
 seeds (one Hydra sweep; finished jobs of an interrupted study are skipped when it is run again), then
-``tl-report --plot`` (the table and the learning curves) and ``compare.py`` (every stylizer under every loss
+``tl-report`` (the table; learning curves per loss network) and ``compare.py`` (every stylizer under every loss
 network, mean ± std over seeds, and the output grid). Everything lands in --out.
 """
 
@@ -29,8 +29,9 @@ TINY = [
     "model.style_size=64",
     "model.net.channels=4",
     "model.net.res_blocks=1",
+    "trainer.log_every_n_steps=1",
 ]
-CURVES = "train/loss,val/loss,val/loss_content,val/loss_style"
+CURVES = "train/loss_content_step,train/loss_style_step"  # 30 points per run (every 10 steps)
 
 
 def run(command: list[str]) -> None:
@@ -64,34 +65,26 @@ def main() -> None:
     trained = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
-    run(
-        [
-            "tl-report",
-            str(sweep),
-            "--markdown",
-            str(out / "report.md"),
-            "--csv",
-            str(out / "report.csv"),
-            "--plot",
-            str(out / "report.png"),
-            "--curves",
-            CURVES,
-        ]
-    )
+    table = ["--markdown", str(out / "report.md"), "--csv", str(out / "report.csv")]
+    run(["tl-report", str(sweep), *table])
+    for network in LOSS_NETWORKS:  # one figure per loss network: their losses differ by orders of magnitude
+        jobs = [str(job_dir(sweep, network, seed)) for seed in seeds]
+        aside = [f"--markdown={args.work.resolve() / network}.md", f"--csv={args.work.resolve() / network}.csv"]
+        run(["tl-report", *jobs, *aside, "--plot", str(out / f"{network}.png"), "--curves", CURVES])
     runs = []
     for network, label in LOSS_NETWORKS.items():
-        runs += [f"--run={label}={job_checkpoint(sweep, network, seed)}" for seed in seeds]
+        runs += [f"--run={label}={job_dir(sweep, network, seed) / 'checkpoints' / 'best.ckpt'}" for seed in seeds]
     run([sys.executable, str(HERE / "compare.py"), *runs, "--out", str(out)])
     print(f"study: {len(LOSS_NETWORKS) * len(seeds)} jobs trained in {trained:.0f} s; results in {out}")
 
 
-def job_checkpoint(sweep: Path, network: str, seed: int) -> Path:
-    """The best.ckpt of the sweep job that trained with `network` and `seed` (read from its overrides)."""
+def job_dir(sweep: Path, network: str, seed: int) -> Path:
+    """The directory of the sweep job that trained with `network` and `seed` (read from its overrides)."""
     from transferlab.report import find_jobs
 
     for job in find_jobs([sweep]):
         if job.overrides.get("model/loss_network") == network and job.overrides.get("seed") == str(seed):
-            return job.path / "checkpoints" / "best.ckpt"
+            return job.path
     raise SystemExit(f"error: no job with model/loss_network={network} seed={seed} under {sweep}; rerun the study")
 
 
