@@ -60,6 +60,8 @@ def weights(run: Path, prefix: str) -> dict[str, torch.Tensor]:
 def test_embedded_study_trains_sources_then_compares_scratch_and_transfer(tmp_path: Path) -> None:
     work, out = run_study(tmp_path)
     assert [row["model.backbone.name"] for row in table(out / "sources.md")] == ["resnet18", "small_cnn"]
+    assert "data=shapes" in (out / "sources.md").read_text()  # source: the embedded shapes; target: the digits
+    assert "data.root=datasets/digits data=imagefolder" in (out / "report.md").read_text()
     rows = table(out / "report.md")
     conditions = {(r["model.backbone.name"], r["model.backbone.weights"], r["model.finetune.mode"]) for r in rows}
     assert conditions == {
