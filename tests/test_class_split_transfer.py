@@ -25,6 +25,7 @@ from transferlab.utils.errors import UserError, find_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "experiments" / "class_split_transfer" / "study.py"
+FREEZE = "model.finetune.freeze_transferred"
 SHAPES = {"train_size": 200, "test_size": 50, "image_size": 16}
 
 
@@ -204,7 +205,7 @@ def run_study(tmp_path: Path, *overrides: str) -> Path:
 def check_results(out: Path) -> None:
     with (out / "report.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    cells = {(r["source"], r["model.finetune.freeze_transferred"].lower(), r["model.backbone.transfer_layers"]) for r in rows}
+    cells = {(r["source"], r[FREEZE].lower(), r["model.backbone.transfer_layers"]) for r in rows}
     assert cells == {(s, f, n) for s in "AB" for f in ("true", "false") for n in ("1", "3")}
     assert all(0.0 <= float(r["test/acc_mean"]) <= 1.0 for r in rows)
     with (out / "base.csv").open() as handle:

@@ -60,7 +60,8 @@ class ClassificationTask(TransferTask):
         self.save_hyperparameters(ignore=["load_source_weights"], logger=False)
         source = backbone.get("weights") if load_source_weights else None
         transfer_layers = backbone.get("transfer_layers")
-        built = build_backbone(backbone["name"], source, backbone.get("kwargs"), transfer_layers if load_source_weights else None)
+        copied = transfer_layers if load_source_weights else None  # reloading: the checkpoint has every layer
+        built = build_backbone(backbone["name"], source, backbone.get("kwargs"), copied)
         self.backbone = built.body
         if self.finetune.freeze_transferred and backbone.get("weights") is None:
             raise UserError(
