@@ -220,9 +220,8 @@ def check_results(out: Path) -> None:
 def test_study_tiny_runs_end_to_end_on_the_embedded_data(tmp_path: Path) -> None:
     out = run_study(tmp_path)
     check_results(out)
-    ckpt = tmp_path / "work" / "transfer"
-    transfer = next(p for p in ckpt.rglob("best.ckpt") if "source=A" in str(p))
-    assert open_checkpoint(transfer).build_task().class_names == CLASSES[5:]  # half B, by index
+    transfer = next((tmp_path / "work" / "transfer").rglob("best.ckpt"))  # every transfer job learns half B
+    assert open_checkpoint(transfer).build_task().class_names == CLASSES[5:]  # classes 5..9, by index
 
 
 @pytest.mark.slow
