@@ -210,9 +210,12 @@ def check_results(out: Path) -> None:
     assert all(0.0 <= float(r["test/acc_mean"]) <= 1.0 for r in rows)
     with (out / "base.csv").open() as handle:
         assert sorted(r["half"] for r in csv.DictReader(handle)) == ["A", "B"]
-    summary = (out / "summary.md").read_text()
-    for condition in ("base B", "AnB", "AnB+", "BnB", "BnB+"):
-        assert f"| {condition} |" in summary
+    summary = {line.split("|")[1].strip(): line for line in (out / "summary.md").read_text().splitlines()}
+    assert {"base B", "AnB", "AnB+", "BnB", "BnB+"} <= set(summary)
+    for condition, source, frozen in [("AnB", "A", "true"), ("AnB+", "A", "false"), ("BnB", "B", "true")]:
+        for row in rows:  # the figure's numbers are tl-report's, each under its condition
+            if (row["source"], row[FREEZE].lower()) == (source, frozen):
+                assert f"{float(row['test/acc_mean']):.3f}" in summary[condition], (condition, row)
     assert (out / "class_split_transfer.png").stat().st_size > 0 and (out / "report.png").is_file()
 
 

@@ -27,12 +27,11 @@ from transferlab.utils.io import atomic_file
 HERE = Path(__file__).resolve().parent
 LAYERS = "model.backbone.transfer_layers"
 FREEZE = "model.finetune.freeze_transferred"
-# The embedded data's size (shapes renders any number of images): 1000 training images per half, 500 test.
-EMBEDDED = ["data.train_size=2000", "data.test_size=1000"]
-# --tiny: a handful of images, one epoch, one seed, two depths (the first and the last layer).
+# The embedded data's size (shapes renders any number of images): 1000 training images per half, 500 test;
+# --tiny: a handful. Datasets with files (data=cifar10 …) have the size they have.
+EMBEDDED = {False: ["data.train_size=2000", "data.test_size=1000"], True: ["data.train_size=60", "data.test_size=20"]}
+# --tiny: small batches, one epoch, one seed, two depths (the first and the last layer).
 TINY = [
-    "data.train_size=60",
-    "data.test_size=20",
     "data.batch_size=8",
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
@@ -147,7 +146,7 @@ def main() -> None:
 
     work, out = args.work.resolve(), args.out.resolve()
     embedded = not any(item.startswith("data=") for item in args.overrides)
-    common = [*(EMBEDDED if embedded else []), *(TINY if args.tiny else []), *args.overrides]
+    common = [*(EMBEDDED[args.tiny] if embedded else []), *(TINY if args.tiny else []), *args.overrides]
     out.mkdir(parents=True, exist_ok=True)
     base_seconds = sweep("class_split_base", work / "base", common)
     transfer = [f"base_runs={work / 'base'}", *([f"{LAYERS}=1,3"] if args.tiny else [])]

@@ -218,7 +218,7 @@ def first_layers(model: nn.Module, n: int | None, name: str) -> list[str]:
     """Module names of the first `n` layers of `model` (`layer_groups`; null: all), checking n against its depth."""
     groups = layer_groups(model)
     if n is None:
-        n = len(groups)
+        return [module for group in groups for module in group]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(groups):
         raise UserError(
             f"model.backbone.transfer_layers={n}, but backbone '{name}' has {len(groups)} layers (parametrised "
