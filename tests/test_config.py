@@ -127,10 +127,16 @@ def test_experiment_configs_compose_and_instantiate(make_cfg, name: str, tmp_pat
     # Pretrained weights cannot be downloaded here: instantiate with random init instead.
     cfg = make_cfg(f"experiment={name}", tiny=False)
     if "backbone" in cfg.model:
-        cfg = make_cfg(f"experiment={name}", "model.backbone.weights=null", tiny=False)
+        cfg = make_cfg(f"experiment={name}", *random_init(cfg), tiny=False)
     instantiate(cfg.data)
     instantiate(cfg.model, **task_args(cfg))
     instantiate(cfg.trainer)
+
+
+def random_init(cfg) -> list[str]:
+    """Source weights off (no downloads, no source run), and so no layer-wise transfer from them either."""
+    layers = ["model.backbone.transfer_layers=null"] if "transfer_layers" in cfg.model.backbone else []
+    return ["model.backbone.weights=null", *layers]
 
 
 def stand_ins(cfg, tmp_path: Path) -> list[str]:
@@ -146,7 +152,7 @@ def stand_ins(cfg, tmp_path: Path) -> list[str]:
     else:
         overrides = [o for o in TINY_PHOTOS if not o.startswith("data=")]
     if "backbone" in cfg.model:
-        overrides.append("model.backbone.weights=null")
+        overrides += random_init(cfg)
     if "style_size" in cfg.model:
         overrides.append("model.style_size=32")
     return [*overrides, "logger=none", "trainer.detect_anomaly=false"]

@@ -38,7 +38,13 @@ def test_defaults() -> None:
         ({"unfreeze_at_epoch": -1}, "model.finetune.unfreeze_at_epoch must be >= 0, got -1"),
         (
             {"mode": "full", "lr_mult": 1, "epochs": 2},
-            "unknown model.finetune keys ['epochs', 'lr_mult']; use mode, backbone_lr_mult, unfreeze_at_epoch",
+            "unknown model.finetune keys ['epochs', 'lr_mult']; use mode, backbone_lr_mult, unfreeze_at_epoch, "
+            "freeze_transferred",
+        ),
+        (
+            {"mode": "linear_probe", "freeze_transferred": True},
+            "model.finetune.freeze_transferred=true needs mode=full, got mode=linear_probe (linear_probe freezes "
+            "the whole backbone already; gradual would unfreeze the transferred layers)",
         ),
     ],
 )

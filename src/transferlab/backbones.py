@@ -15,6 +15,9 @@ e.g. ``small_cnn``: its trunk is the backbone, its FC layers the head). Source w
   by hand (the only way on an offline machine);
 * a path to a ``.pth``/``.pt``/``.safetensors`` state dict of the same architecture (that library's layout);
 * a path to a transferlab ``.ckpt`` — the backbone part of a run this framework trained.
+
+Layer-wise transfer (``transfer_layers=n``, Yosinski et al. 2014): only the backbone's first n layers (`layer_groups`)
+take the source weights; the rest keep a random initialisation.
 """
 
 from __future__ import annotations
@@ -164,10 +167,75 @@ def is_weights_file(weights: str | None) -> bool:
     return weights.endswith(CHECKPOINT_SUFFIXES + STATE_DICT_SUFFIXES) or os.sep in weights
 
 
-def build_backbone(name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> Backbone:
-    """Build `name` with source `weights` and strip its classification head."""
+def build_backbone(
+    name: str, weights: str | None = None, kwargs: dict[str, Any] | None = None, transfer_layers: int | None = None
+) -> Backbone:
+    """Build `name` with source `weights` and strip its classification head; with `transfer_layers` = n only the
+    first n layers get the source weights, the others stay randomly initialised (null: every layer)."""
     builder, model = _build(name, weights, kwargs)
-    return Backbone(body=model, num_features=builder.strip_head(model, name))
+    num_features = builder.strip_head(model, name)
+    if transfer_layers is None:
+        return Backbone(body=model, num_features=num_features)
+    if weights is None:
+        raise UserError(
+            f"model.backbone.transfer_layers={transfer_layers} copies layers of model.backbone.weights, which is "
+            "null. Set the weights to a source (a .ckpt, .pth or weights name) or transfer_layers to null"
+        )
+    _, fresh = _build(name, None, kwargs)
+    builder.strip_head(fresh, name)
+    copy_first_layers(model, fresh, transfer_layers, name)
+    return Backbone(body=fresh, num_features=num_features)
+
+
+# Normalisation layers belong to the layer before them: they rescale its output and transfer with it.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def _own_state(module: nn.Module) -> list[str]:
+    """Names of the parameters and persistent buffers `module` holds itself (not its children's)."""
+    params = [n for n, _ in module.named_parameters(recurse=False)]
+    buffers = [n for n, _ in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
+    return params + buffers
+
+
+def layer_groups(model: nn.Module) -> list[list[str]]:
+    """The model's layers in order, for layer-wise transfer: each module holding parameters of its own (a conv, a
+    linear, …) starts a layer, and normalisation layers join the layer before them. Each layer is the list of its
+    module names. The order is the order modules are registered in, which is the forward order of torchvision's,
+    timm's and transferlab's models (each defines its modules in the order it runs them)."""
+    groups: list[list[str]] = []
+    for name, module in model.named_modules():
+        if not _own_state(module):
+            continue
+        if isinstance(module, NORM_LAYERS) and groups:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+def first_layers(model: nn.Module, n: int | None, name: str) -> list[str]:
+    """Module names of the first `n` layers of `model` (`layer_groups`; null: all), checking n against its depth."""
+    groups = layer_groups(model)
+    if n is None:
+        return [module for group in groups for module in group]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(groups):
+        raise UserError(
+            f"model.backbone.transfer_layers={n}, but backbone '{name}' has {len(groups)} layers (parametrised "
+            f"modules, each with its norm layers). Use 1..{len(groups)}, or null for all"
+        )
+    return [module for group in groups[:n] for module in group]
+
+
+def copy_first_layers(source: nn.Module, target: nn.Module, n: int, name: str) -> None:
+    """Copy the first `n` layers' parameters and buffers of `source` into `target` (the same architecture)."""
+    state = source.state_dict()
+    keys = [
+        f"{module}.{key}" if module else key
+        for module in first_layers(target, n, name)
+        for key in _own_state(target.get_submodule(module))
+    ]
+    target.load_state_dict({key: state[key] for key in keys}, strict=False)
 
 
 def build_features(

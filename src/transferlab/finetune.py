@@ -5,6 +5,10 @@
   running statistics (and dropout) stay exactly as the source weights had them.
 * ``gradual`` — the head warms up on a frozen backbone; at ``unfreeze_at_epoch`` the backbone joins.
 
+With ``freeze_transferred`` (mode ``full`` only) the layers that took source weights (all of them, or the first
+``model.backbone.transfer_layers``) never train, and their norm layers stay in eval mode: Yosinski et al.'s AnB,
+whose ``+`` variant (AnB+) is the default, fine-tuning them.
+
 The backbone always sits in its own optimizer param group (lr × ``backbone_lr_mult``) from the first step,
 so an LR schedule covers it whether or not it is frozen yet; while frozen its parameters get no gradient,
 and optimizers skip parameters without one.
@@ -32,6 +36,7 @@ class Finetune:
     mode: str = "full"
     backbone_lr_mult: float = 1.0
     unfreeze_at_epoch: int = 1
+    freeze_transferred: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -40,13 +45,19 @@ class Finetune:
             raise UserError(f"model.finetune.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if self.unfreeze_at_epoch < 0:
             raise UserError(f"model.finetune.unfreeze_at_epoch must be >= 0, got {self.unfreeze_at_epoch}")
+        if self.freeze_transferred and self.mode != "full":
+            raise UserError(
+                f"model.finetune.freeze_transferred=true needs mode=full, got mode={self.mode} (linear_probe "
+                "freezes the whole backbone already; gradual would unfreeze the transferred layers)"
+            )
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> Finetune:
-        unknown = set(cfg or {}) - {"mode", "backbone_lr_mult", "unfreeze_at_epoch"}
+        unknown = set(cfg or {}) - {"mode", "backbone_lr_mult", "unfreeze_at_epoch", "freeze_transferred"}
         if unknown:
             raise UserError(
-                f"unknown model.finetune keys {sorted(unknown)}; use mode, backbone_lr_mult, unfreeze_at_epoch"
+                f"unknown model.finetune keys {sorted(unknown)}; use mode, backbone_lr_mult, unfreeze_at_epoch, "
+                "freeze_transferred"
             )
         return cls(**(cfg or {}))
 

@@ -2,8 +2,9 @@
 `ClassificationDataModule` on top of it (splits, few-shot sampling, transforms) for classification.
 
 A subclass only says where its official ``train`` and ``test`` splits come from (`load_split`). This base
-carves a seeded validation set out of ``train`` (the test split is never touched for model selection),
-optionally keeps ``examples_per_class`` training images per class, applies the augmentation preset to
+optionally keeps only some ``classes`` (in every split, labels re-indexed in the order given), carves a seeded
+validation set out of ``train`` (the test split is never touched for model selection), optionally keeps
+``examples_per_class`` training images per class, applies the augmentation preset to
 training images only, and splits the global batch size across devices.
 
 Images leave the datamodule as uint8 tensors (C, H, W); tasks convert and normalise them on the device,
@@ -91,6 +92,56 @@ def collate_readable(batch: list[Any]) -> Any:
 def targets_of(dataset: Dataset) -> torch.Tensor:
     """Class index of every sample, without decoding images (datasets expose ``targets``)."""
     return torch.as_tensor(dataset.targets)  # type: ignore[attr-defined]
+
+
+class ClassSubset(Dataset):
+    """The samples of `dataset` at `indices`, relabelled: ``targets`` and ``classes`` are the new ones."""
+
+    def __init__(self, dataset: Dataset, indices: list[int], targets: torch.Tensor, classes: list[str]) -> None:
+        self.dataset, self.indices, self.targets, self.classes = dataset, indices, targets, classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
+        image, _ = self.dataset[self.indices[index]]
+        return image, int(self.targets[index])
+
+
+def class_positions(available: Sequence[str], wanted: Sequence[str | int]) -> list[int]:
+    """Positions in `available` of the `wanted` classes, given by name or by index; a one-line error otherwise."""
+    positions = []
+    for item in wanted:
+        name = str(item)
+        if name in available:
+            positions.append(list(available).index(name))
+        elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(available):
+            positions.append(item)
+        else:
+            raise UserError(
+                f"data.classes: no class '{item}' in this dataset. Available (names, or indices 0–"
+                f"{len(available) - 1}): {', '.join(available)}"
+            )
+    if len(set(positions)) != len(positions):
+        raise UserError(f"data.classes lists a class twice: {list(wanted)}")
+    return positions
+
+
+def select_classes(dataset: Dataset, wanted: Sequence[str | int]) -> Dataset:
+    """Only the samples of the `wanted` classes, labelled 0..k-1 in the order given (names kept for checkpoints).
+
+    In-memory data stays in memory (a smaller `TensorImageDataset`, still eligible for the device path);
+    file-backed data is viewed through `ClassSubset`, so nothing is decoded here."""
+    available = list(dataset.classes)  # type: ignore[attr-defined]
+    positions = class_positions(available, wanted)
+    relabel = torch.full((len(available),), -1, dtype=torch.long)
+    relabel[positions] = torch.arange(len(positions))
+    new_targets = relabel[targets_of(dataset)]
+    keep = (new_targets >= 0).nonzero().flatten()
+    names = [available[i] for i in positions]
+    if isinstance(dataset, TensorImageDataset):
+        return TensorImageDataset(dataset.images[keep], new_targets[keep], names)
+    return ClassSubset(dataset, keep.tolist(), new_targets[keep], names)
 
 
 def split_train_val(num: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -235,8 +286,11 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         examples_per_class: int | None = None,
         augment: Transform | None = None,
         on_gpu: bool | None = None,
+        classes: Sequence[str | int] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        if classes is not None and len(classes) < 2:
+            raise UserError(f"data.classes must list at least 2 classes (or be null for all), got {classes}")
         if examples_per_class is not None and examples_per_class < 1:
             raise UserError(f"data.examples_per_class must be >= 1 or null, got {examples_per_class}")
         self.val_fraction = val_fraction
@@ -245,6 +299,7 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         self.image_size = image_size
         self.augment = augment
         self.on_gpu = on_gpu
+        self.class_selection = list(classes) if classes is not None else None
         self.classes: list[str] = []
         self._sources: dict[str, tuple[Dataset, list[int] | None]] = {}
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -283,6 +338,8 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         if self._splits:
             return
         train, test = self.load_split("train"), self.load_split("test")
+        if self.class_selection is not None:
+            train, test = (select_classes(split, self.class_selection) for split in (train, test))
         self.classes = list(train.classes)  # type: ignore[attr-defined]
         if list(test.classes) != self.classes:  # type: ignore[attr-defined]
             raise UserError(f"train and test splits have different classes: {self.classes} vs {test.classes}")

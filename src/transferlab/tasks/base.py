@@ -123,6 +123,12 @@ class TransferTask(pl.LightningModule, abc.ABC):
         """The pretrained module the fine-tune modes freeze and give their own LR; None when all is new."""
         return None
 
+    def transferred_layers(self) -> list[nn.Module]:
+        """The modules that took source weights (``model.finetune.freeze_transferred`` freezes them): the whole
+        pretrained part unless a task transfers only some of its layers."""
+        pretrained = self.pretrained_part()
+        return [] if pretrained is None else [pretrained]
+
     # -- hooks subclasses use ----------------------------------------------------------------------
     @property
     def backbone_frozen(self) -> bool:
@@ -223,6 +229,9 @@ class TransferTask(pl.LightningModule, abc.ABC):
         if pretrained is None:
             return
         self.finetune.prepare(pretrained)
+        if self.finetune.freeze_transferred:
+            for module in self.transferred_layers():
+                module.requires_grad_(False)
         if stage == "fit" and self.finetune.mode == "gradual" and _ddp_without_unused_parameter_search(self._trainer):
             raise UserError(
                 "finetune.mode=gradual under DDP needs find_unused_parameters (the frozen backbone gets no "
@@ -246,6 +255,9 @@ class TransferTask(pl.LightningModule, abc.ABC):
         super().train(mode)
         if mode and self.backbone_frozen:  # frozen BatchNorm keeps its running statistics
             self.pretrained_part().eval()
+        if mode and self.finetune.freeze_transferred:
+            for module in self.transferred_layers():
+                module.eval()
         return self
 
     def on_train_epoch_start(self) -> None:

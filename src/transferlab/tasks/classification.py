@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
-from transferlab.backbones import InputNormalize, build_backbone
+from transferlab.backbones import InputNormalize, build_backbone, first_layers
 from transferlab.inference import BATCH_AXIS, LOGITS, ClassTable, ExportSpec, PredictOptions, Predictor
 from transferlab.loggers import log_figure
 from transferlab.tasks.base import TransferTask
@@ -59,8 +59,17 @@ class ClassificationTask(TransferTask):
             raise UserError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["load_source_weights"], logger=False)
         source = backbone.get("weights") if load_source_weights else None
-        built = build_backbone(backbone["name"], source, backbone.get("kwargs"))
+        transfer_layers = backbone.get("transfer_layers")
+        copied = transfer_layers if load_source_weights else None  # reloading: the checkpoint has every layer
+        built = build_backbone(backbone["name"], source, backbone.get("kwargs"), copied)
         self.backbone = built.body
+        if self.finetune.freeze_transferred and backbone.get("weights") is None:
+            raise UserError(
+                "model.finetune.freeze_transferred=true freezes transferred layers, but model.backbone.weights is "
+                "null (nothing is transferred). Set the weights to a source or freeze_transferred to false"
+            )
+        # checked on reloading too (no source then): the same layers are the transferred ones in a resumed run
+        self._transferred = first_layers(self.backbone, transfer_layers, backbone["name"])
         self.head = classification_head(built.num_features, num_classes, head_dropout, head_hidden)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.label_smoothing = label_smoothing
@@ -93,6 +102,10 @@ class ClassificationTask(TransferTask):
 
     def pretrained_part(self) -> nn.Module:
         return self.backbone
+
+    def transferred_layers(self) -> list[nn.Module]:
+        """The first ``model.backbone.transfer_layers`` layers of the backbone (all of them when null)."""
+        return [self.backbone.get_submodule(name) for name in self._transferred]
 
     def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
         """Class probabilities per file, of files prepared as the test images were."""
