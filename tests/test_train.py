@@ -199,12 +199,13 @@ def test_non_finite_metrics_are_named_not_dropped() -> None:
     loss is inf does not look like a run that never tested."""
     import torch
 
-    from transferlab.runner import non_finite_metrics, scalar_metrics
+    from transferlab.runner import split_metrics
 
     logged = {"test/acc": torch.tensor(0.5), "test/loss": torch.tensor(float("inf")), "val/loss": float("nan")}
-    assert scalar_metrics(logged) == {"test/acc": 0.5}
-    assert non_finite_metrics(logged) == {"test/loss": "inf", "val/loss": "nan"}
-    assert json.loads(json.dumps(non_finite_metrics(logged), allow_nan=False))  # strict JSON
+    finite, non_finite = split_metrics(logged)
+    assert finite == {"test/acc": 0.5}
+    assert non_finite == {"test/loss": "inf", "val/loss": "nan"}
+    assert json.loads(json.dumps(non_finite, allow_nan=False))  # strict JSON
 
 
 def test_a_finished_run_lists_no_non_finite_metrics(make_cfg) -> None:

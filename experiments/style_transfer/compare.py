@@ -96,10 +96,11 @@ def main() -> None:
         + " |",
         "|---|---|" + "---|---|" * len(judges),
     ]
+    bases = {name: judge(task, contents, contents)[1] for name, task in judges.items()}  # the identity's style loss
     for name, images in outputs.items():
         cells = [str(len(images))]
-        for judge_task in judges.values():
-            base = judge(judge_task, contents, contents)[1]
+        for judge_name, judge_task in judges.items():
+            base = bases[judge_name]
             scores = [judge(judge_task, image, contents) for image in images]
             cells.append(cell([content for content, _ in scores]))
             cells.append(cell([style / base for _, style in scores]))

@@ -67,25 +67,29 @@ def main() -> None:
     out = args.out.resolve()
     table = ["--markdown", str(out / "report.md"), "--csv", str(out / "report.csv")]
     run(["tl-report", str(sweep), *table])
+    dirs = job_dirs(sweep, seeds)
     for network in LOSS_NETWORKS:  # one figure per loss network: their losses differ by orders of magnitude
-        jobs = [str(job_dir(sweep, network, seed)) for seed in seeds]
+        jobs = [str(dirs[network, seed]) for seed in seeds]
         aside = [f"--markdown={args.work.resolve() / network}.md", f"--csv={args.work.resolve() / network}.csv"]
         run(["tl-report", *jobs, *aside, "--plot", str(out / f"{network}.png"), "--curves", CURVES])
     runs = []
     for network, label in LOSS_NETWORKS.items():
-        runs += [f"--run={label}={job_dir(sweep, network, seed) / 'checkpoints' / 'best.ckpt'}" for seed in seeds]
+        runs += [f"--run={label}={dirs[network, seed] / 'checkpoints' / 'best.ckpt'}" for seed in seeds]
     run([sys.executable, str(HERE / "compare.py"), *runs, "--out", str(out)])
     print(f"study: {len(LOSS_NETWORKS) * len(seeds)} jobs trained in {trained:.0f} s; results in {out}")
 
 
-def job_dir(sweep: Path, network: str, seed: int) -> Path:
-    """The directory of the sweep job that trained with `network` and `seed` (read from its overrides)."""
+def job_dirs(sweep: Path, seeds: tuple[int, ...]) -> dict[tuple[str, int], Path]:
+    """Each sweep job's directory by (loss network, seed), read once from the jobs' overrides."""
     from transferlab.report import find_jobs
 
-    for job in find_jobs([sweep]):
-        if job.overrides.get("model/loss_network") == network and job.overrides.get("seed") == str(seed):
-            return job.path
-    raise SystemExit(f"error: no job with model/loss_network={network} seed={seed} under {sweep}; rerun the study")
+    jobs = find_jobs([sweep])
+    dirs = {(job.overrides.get("model/loss_network"), job.overrides.get("seed")): job.path for job in jobs}
+    for network in LOSS_NETWORKS:
+        for seed in seeds:
+            if (network, str(seed)) not in dirs:
+                raise SystemExit(f"error: no job with model/loss_network={network} seed={seed} under {sweep}; rerun")
+    return {(network, seed): dirs[network, str(seed)] for network in LOSS_NETWORKS for seed in seeds}
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ from transferlab.runner import (
     build,
     build_trainer,
     instantiate_named,
-    non_finite_metrics,
     output_dir,
-    scalar_metrics,
+    split_metrics,
     task_overrides,
 )
 from transferlab.trust import open_checkpoint
@@ -48,7 +47,7 @@ def _test(cfg: DictConfig) -> dict[str, float]:
         trainer = build_trainer(cfg, [], loggers)
         verbose = bool(cfg.get("verbose", False))
         results = trainer.test(model, datamodule=datamodule, verbose=verbose)
-    metrics = scalar_metrics(results[0] if results else {})
+    metrics, non_finite = split_metrics(results[0] if results else {})
     if trainer.is_global_zero:
         if not verbose:
             print(results_line(metrics), flush=True)
@@ -57,7 +56,7 @@ def _test(cfg: DictConfig) -> dict[str, float]:
             {
                 "checkpoint": str(ckpt_path.resolve()),
                 "metrics": metrics,
-                "non_finite_metrics": non_finite_metrics(results[0] if results else {}),
+                "non_finite_metrics": non_finite,
                 "skipped_files": datamodule.skipped_files(),
                 "wall_time_s": round(time.time() - started, 2),
                 "overrides": task_overrides(),

@@ -110,22 +110,19 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Plain finite floats from Lightning's logged metrics (one host sync, at the end of the run)."""
-    return {name: number for name, number in _numbers(metrics).items() if math.isfinite(number)}
-
-
-def non_finite_metrics(metrics: dict[str, Any]) -> dict[str, str]:
-    """The metrics that ended inf or nan (a diverged run), as ``"inf"``/``"nan"`` strings: strict JSON has no
-    infinity, and dropping them silently would make a diverged run's metrics.json look merely incomplete."""
-    return {name: str(number) for name, number in _numbers(metrics).items() if not math.isfinite(number)}
-
-
-def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        name: float(value.item() if isinstance(value, torch.Tensor) else value)
-        for name, value in sorted(metrics.items())
-    }
+def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Lightning's logged metrics as (finite floats, the others as ``"inf"``/``"nan"`` strings), read once (one host
+    sync, at the end of the run). Strict JSON has no infinity, and dropping a diverged metric silently would make
+    its metrics.json look merely incomplete, so metrics.json names the non-finite ones."""
+    finite: dict[str, float] = {}
+    non_finite: dict[str, str] = {}
+    for name, value in sorted(metrics.items()):
+        number = float(value.item() if isinstance(value, torch.Tensor) else value)
+        if math.isfinite(number):
+            finite[name] = number
+        else:
+            non_finite[name] = str(number)
+    return finite, non_finite
 
 
 def task_overrides() -> list[str]:

@@ -28,11 +28,10 @@ from transferlab.runner import (
     finished_summary,
     instantiate_named,
     is_multirun,
-    non_finite_metrics,
     output_dir,
     resolved,
     resume_checkpoint,
-    scalar_metrics,
+    split_metrics,
     step_boundary_requeue,
     task_overrides,
 )
@@ -106,16 +105,18 @@ def _train_and_test(cfg: DictConfig) -> float | None:
                     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:  # state saved and the resume command printed by the checkpoint callback
                 raise SystemExit(128 + signal.SIGTERM) from None
-            metrics.update(scalar_metrics(trainer.callback_metrics))  # last epoch's train/val metrics
-            diverged.update(non_finite_metrics(trainer.callback_metrics))
+            finite, non_finite = split_metrics(trainer.callback_metrics)  # last epoch's train/val metrics
+            metrics.update(finite)
+            diverged.update(non_finite)
         checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
         test_ckpt = (best_path or None) if cfg.train else ckpt_path  # None: the weights as training left them
         if cfg.test:
             verbose = bool(cfg.get("verbose", False))
             trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=verbose)
-            metrics.update(scalar_metrics(trainer.callback_metrics))
-            diverged.update(non_finite_metrics(trainer.callback_metrics))
+            finite, non_finite = split_metrics(trainer.callback_metrics)
+            metrics.update(finite)
+            diverged.update(non_finite)
             if trainer.is_global_zero and not verbose:
                 print(results_line(metrics), flush=True)
 
