@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,10 +126,20 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoints:
     return TinyCheckpoints(tmp_path_factory.mktemp("ckpts"))
 
 
-def fit_briefly(model: pl.LightningModule, datamodule: pl.LightningDataModule, epochs: int = 1, steps: int = 3) -> None:
-    """A few CPU training steps and one validation batch, with nothing written to disk."""
+def fit_briefly(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    epochs: int = 1,
+    steps: int = 3,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+) -> pl.Trainer:
+    """A few training steps and one validation batch, with nothing written to disk (CPU fp32 unless asked for
+    another accelerator and precision: the GPU tests pass ``"gpu"``, ``"bf16-mixed"``)."""
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
         max_epochs=epochs,
         limit_train_batches=steps,
         limit_val_batches=1,
@@ -138,6 +149,7 @@ def fit_briefly(model: pl.LightningModule, datamodule: pl.LightningDataModule, e
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=datamodule)
+    return trainer
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
@@ -250,6 +262,27 @@ class HostReads:
 def host_reads(monkeypatch: pytest.MonkeyPatch) -> HostReads:
     """`HostReads` for the test, disarmed until the test sets ``.armed = True``; undone afterwards."""
     return HostReads(monkeypatch)
+
+
+# -- GPU tests run in a process of their own ---------------------------------------------------------------
+def _selects_only_gpu_tests(markexpr: str) -> bool:
+    """``-m gpu`` (or ``-m "gpu and …"``): a run of GPU tests alone."""
+    return re.fullmatch(r"\s*gpu(\s+and\s+.+)?\s*", markexpr or "") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests unless the run selects them alone (``python -m pytest -m gpu``).
+
+    A GPU test leaves process state behind that CPU tests must not inherit (a CUDA context, CUDA-graph memory
+    pools, the sync-debug mode, cuDNN benchmark choices), and the GPU tests must not inherit the CPU tests'
+    (thread counts, a leftover process group): so they run in their own pytest process.
+    """
+    if _selects_only_gpu_tests(config.option.markexpr):
+        return
+    skip = pytest.mark.skip(reason="GPU test: run the GPU tests in their own process, python -m pytest -m gpu")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 # -- tests write only under their temporary directories -----------------------------------------------
