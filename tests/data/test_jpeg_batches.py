@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from transferlab.data import jpeg_batches
 from transferlab.data.jpeg_batches import (
     EncodedImages,
     TrainCrops,
@@ -261,3 +262,59 @@ def test_from_preset_reads_torchvision_objects() -> None:
 )
 def test_from_preset_refuses_other_presets(preset) -> None:
     assert TrainCrops.from_preset(preset, 32) is None
+
+
+# -- batched resampling (the CUDA path) against torchvision's per-image resize ---------------------------------
+
+# torchvision resizes a uint8 image on CUDA as float (interpolate, round): that is the reference the batched
+# float64 products must meet, up to float32 summation order. Its CPU uint8 kernel also rounds the first pass.
+MIXED_SIZES = [*SIZES, (10, 12), (300, 200), (123, 456), (64, 64)]
+
+
+def like_cuda(image: torch.Tensor, resize) -> torch.Tensor:  # noqa: ANN001
+    """torchvision's uint8 resize as it runs on CUDA (float interpolate, round), here on the CPU."""
+    return resize(image.float()).round().to(torch.uint8)
+
+
+def assert_within_one_level(out: torch.Tensor, reference: torch.Tensor, fraction: float) -> None:
+    diff = (out.int() - reference.int()).abs()
+    assert diff.max().item() <= 1 and (diff > 0).float().mean().item() < fraction
+
+
+@pytest.mark.parametrize("size", [24, 40])
+def test_batched_train_crops_match_per_image_torchvision(size: int) -> None:
+    images = random_images(MIXED_SIZES * 3, seed=size)
+    torch.manual_seed(7)
+    boxes = [random_resized_crop_box(i.shape[1], i.shape[2], (0.08, 1.0), (3 / 4, 4 / 3)) for i in images]
+    torch.manual_seed(7)
+    out = train_crops(images, size, flip_p=0.0, batched=True)
+    assert out.shape == (len(images), 3, size, size) and out.dtype == torch.uint8
+
+    def crop(box):  # noqa: ANN001, ANN202
+        return lambda image: v2.functional.resized_crop(image, *box, [size, size], antialias=True)
+
+    cuda_like = torch.stack([like_cuda(image, crop(box)) for image, box in zip(images, boxes)])
+    assert_within_one_level(out, cuda_like, fraction=0.01)
+    torch.manual_seed(7)
+    assert_within_one_level(out, train_crops(images, size, flip_p=0.0, batched=False), fraction=0.25)
+
+
+@pytest.mark.parametrize("size, ratio", [(16, 256 / 224), (20, 1.14), (24, 1.0), (20, 0.5), (32, 1.3)])
+def test_batched_eval_crops_match_per_image_torchvision(size: int, ratio: float) -> None:
+    images = random_images(MIXED_SIZES, seed=3)  # (10, 12) is smaller than most crops: zero-padded
+    reference = v2.Compose([v2.Resize(round(size * ratio)), v2.CenterCrop(size)])
+    out = eval_crops(images, size, ratio, batched=True)
+    assert_within_one_level(out, torch.stack([like_cuda(image, reference) for image in images]), fraction=0.01)
+    assert_within_one_level(out, eval_crops(images, size, ratio, batched=False), fraction=0.25)
+
+
+def test_resample_in_chunks_equals_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch too large for the memory budget is resampled in chunks, sorted by size, and put back in order."""
+    images = random_images(MIXED_SIZES * 2, seed=11)
+    whole = eval_crops(images, 24, 1.14, batched=True)
+    torch.manual_seed(2)
+    whole_train = train_crops(images, 24, flip_p=0.5, batched=True)
+    monkeypatch.setattr(jpeg_batches, "RESAMPLE_BUDGET", 3 * 90 * 60)
+    assert torch.equal(eval_crops(images, 24, 1.14, batched=True), whole)
+    torch.manual_seed(2)
+    assert torch.equal(train_crops(images, 24, flip_p=0.5, batched=True), whole_train)

@@ -38,6 +38,7 @@ from torch import Generator, Tensor
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from transferlab.data import degradations as cpu
+from transferlab.data.device_jpeg import bytes_to_host, decode_jpeg_on_device, encode_jpeg_on_device
 from transferlab.utils.errors import UserError
 
 Params = dict[str, Tensor]
@@ -306,8 +307,7 @@ def device_jpeg_works(device: torch.device) -> bool:
         return False
     try:
         probe = torch.zeros(3, 16, 16, dtype=torch.uint8, device=device)
-        encoded = [data.cpu() for data in encode_jpeg([probe], quality=90)]  # the decoder reads bytes on the CPU
-        decoded = decode_jpeg(encoded, device=device)
+        decoded = decode_jpeg_on_device(bytes_to_host(encode_jpeg_on_device([probe], quality=90)), device)
         return decoded[0].shape == probe.shape and decoded[0].device == probe.device
     except (RuntimeError, TypeError, ValueError, NotImplementedError):
         return False
@@ -317,10 +317,12 @@ def jpeg_batch(images: Tensor, quality: Tensor) -> Tensor:
     """Compress each image at its own integer quality and decode it (float in [0, 1]).
 
     Not vectorised and not sync-free, by necessity: the codec takes a Python quality and produces bytes.
-    On a GPU where `device_jpeg_works`, images of equal quality are encoded together with nvJPEG, their bytes
-    (small) copied to the host, where torchvision's decoder wants them, and all decoded in one call on the
-    device: nvJPEG's codec, not libjpeg, so values may differ slightly from the CPU step's. Elsewhere each
-    image goes through libjpeg on the CPU, exactly as the CPU `JPEG` step.
+    On a GPU where `device_jpeg_works`, images of equal quality are encoded together with nvJPEG, all their
+    bytes (small) copied to the host at once, where torchvision's decoder wants them, and all decoded in one
+    call on the device (`device_jpeg`, which keeps the codec off memory the stream still uses): two host syncs
+    per batch (the qualities, the bytes), not one per image. nvJPEG's codec, not libjpeg, so values may differ
+    slightly from the CPU step's. Elsewhere each image goes through libjpeg on the CPU, exactly as the CPU
+    `JPEG` step.
     """
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     qualities = quality.tolist()  # host sync: the encoder's quality is a Python int
@@ -328,9 +330,9 @@ def jpeg_batch(images: Tensor, quality: Tensor) -> Tensor:
         encoded: list[Tensor] = [torch.empty(0)] * len(qualities)
         for value in sorted(set(qualities)):
             chosen = [i for i, q in enumerate(qualities) if q == value]
-            for i, data in zip(chosen, encode_jpeg([pixels[i] for i in chosen], quality=value)):
-                encoded[i] = data.cpu()
-        decoded = torch.stack(decode_jpeg(encoded, device=images.device))
+            for i, data in zip(chosen, encode_jpeg_on_device([pixels[i] for i in chosen], quality=value)):
+                encoded[i] = data
+        decoded = torch.stack(decode_jpeg_on_device(bytes_to_host(encoded), images.device))
     else:
         host = pixels.cpu()
         decoded = torch.stack([decode_jpeg(encode_jpeg(p, quality=q)) for p, q in zip(host, qualities)])

@@ -7,9 +7,13 @@ batch there (`train_crops` / `TrainCrops`, `eval_crops`), reproducing what the C
 transforms do image by image:
 
 * `train_crops` draws every crop box with torchvision's own `RandomResizedCrop` algorithm (same random
-  calls in the same order, so with the same seed and no flips it returns exactly what torchvision returns) and resizes
-  with torchvision's `resized_crop`; flips are drawn and applied for the whole batch at once.
-* `eval_crops` is ``Resize(round(size * resize_ratio))`` + ``CenterCrop(size)`` per image.
+  calls in the same order, so with the same seed the same boxes as torchvision); flips are drawn and applied
+  for the whole batch at once.
+* `eval_crops` is ``Resize(round(size * resize_ratio))`` + ``CenterCrop(size)``.
+
+On CUDA both resize the whole batch together (`resample`: antialiased bilinear weights as batched matrix
+products, a fixed number of kernels per batch plus one copy per image), within one grey level of torchvision's
+per-image resize; on a CPU they call torchvision image by image, exactly.
 
 So that one decoder handles every batch, files that are not plain JPEGs (PNG, BMP, …, and CMYK/YCCK JPEGs,
 which libjpeg and PIL convert to RGB differently and nvjpeg may not convert at all) are decoded by the worker
@@ -18,7 +22,7 @@ one lossy round trip for those files only (a mean error of about one grey level 
 or three on the sharp colour edges of palette graphics); grey and RGB JPEGs go to the device untouched and
 ``mode=ImageReadMode.RGB`` converts grey ones there. The decoded pixels differ from PIL's by JPEG decoder
 tolerance (libjpeg-turbo or nvjpeg against PIL's libjpeg: about one grey level on average), so this path is
-not bit-identical to the CPU path; the crops are, for the same decoded image on the same device.
+not bit-identical to the CPU path; for the same decoded image the crops are (on CUDA, within one grey level).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
+from torchvision.io import encode_jpeg, read_file
 from torchvision.transforms import InterpolationMode, v2
 
 from transferlab.data.device_augment import flatten_transforms
+from transferlab.data.device_jpeg import decode_jpeg_on_device
 from transferlab.data.images import decode_rgb
 from transferlab.utils.errors import UserError
 
@@ -110,18 +115,19 @@ def collate_encoded(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[list[tor
 
 
 def decode_batch(encoded: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
-    """Decode a batch of JPEGs in one call on `device` (nvjpeg on CUDA): uint8 (3, H, W) RGB tensors there.
+    """Decode a batch of JPEGs in one call on `device` (nvjpeg on CUDA, through `decode_jpeg_on_device`, which
+    keeps the decoder off memory the training stream still uses): uint8 (3, H, W) RGB tensors there.
 
     When the batch call fails, the images are decoded one by one to name the culprit's position in the batch.
     """
     if not encoded:
         return []
     try:
-        return list(decode_jpeg(encoded, device=device, mode=ImageReadMode.RGB))
+        return decode_jpeg_on_device(encoded, device)
     except RuntimeError as batch_err:
         for index, data in enumerate(encoded):
             try:
-                decode_jpeg([data], device=device, mode=ImageReadMode.RGB)
+                decode_jpeg_on_device([data], device)
             except RuntimeError as err:
                 reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
                 raise UserError(
@@ -129,6 +135,108 @@ def decode_batch(encoded: list[torch.Tensor], device: torch.device | str) -> lis
                     "Find the damaged file (e.g. with python -m PIL) and remove or replace it"
                 ) from err
         raise UserError(f"cannot decode a batch of {len(encoded)} JPEG images on {device} ({batch_err})") from batch_err
+
+
+# -- batched antialiased resampling ------------------------------------------------------------------------
+
+# Padded float64 elements resampled at once (256 MiB): bounds the memory a batch of large photos takes.
+RESAMPLE_BUDGET = 2**25
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """How one axis of one image becomes `size` output pixels: source pixels ``[start, start + length)`` are
+    resized (antialiased bilinear) to `resized` pixels, of which outputs ``offset .. offset + size - 1`` are
+    kept; outputs outside ``[0, resized)`` are zero (the padding ``CenterCrop`` adds to a small image)."""
+
+    start: int
+    length: int
+    resized: int
+    offset: int = 0
+
+
+def aa_bilinear_weights(spans: torch.Tensor, padded: int, size: int) -> torch.Tensor:
+    """(B, size, padded) float64 weights, row i of image b mapping source pixels ``0 .. length-1`` (the span's
+    pixels, moved to the start) to output pixel i. `spans` is (B, 4): length, resized, offset (and start, unused).
+
+    The same taps and weights as PyTorch's antialiased bilinear ``interpolate`` (``_upsample_bilinear2d_aa``,
+    align_corners=False), which torchvision's ``resize`` calls: a triangle filter stretched by the downscale
+    factor, over pixels ``trunc(centre ± support + 0.5)``, normalised to sum 1. Computed in float64, where the
+    kernel uses float32: the weights differ by ~1e-7 relative."""
+    spans = spans.to(torch.float64)
+    length, resized, offset = (spans[:, k, None, None] for k in (1, 2, 3))
+    scale = length / resized
+    down = scale >= 1
+    support = torch.where(down, scale, 1.0)
+    invscale = torch.where(down, 1 / scale, 1.0)
+    out = torch.arange(size, dtype=torch.float64, device=spans.device)[None, :, None] + offset
+    centre = scale * (out + 0.5)
+    first = (centre - support + 0.5).trunc().clamp(min=0)
+    stop = torch.minimum((centre + support + 0.5).trunc(), length)
+    source = torch.arange(padded, dtype=torch.float64, device=spans.device)[None, None, :]
+    weights = (1 - ((source - centre + 0.5) * invscale).abs()).clamp(min=0)
+    weights = torch.where((source >= first) & (source < stop), weights, 0.0)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-300)
+    return torch.where((out >= 0) & (out < resized), weights, 0.0)
+
+
+def resample(images: Sequence[torch.Tensor], rows: Sequence[Span], cols: Sequence[Span], size: int) -> torch.Tensor:
+    """Crop and antialiased-bilinear resize images of different sizes into one (B, C, size, size) uint8 batch
+    with batched matrix products: output = Wy @ crop @ Wx^T per image (`aa_bilinear_weights`), the crops
+    zero-padded to a common size and resampled in float64, then rounded as torchvision rounds its float result.
+
+    Equals torchvision's per-image ``resize`` on the float image (what it does for uint8 on CUDA) up to float32
+    summation order: rarely, a pixel whose exact value is within ~1e-4 of a half level rounds the other way (at
+    most 1 grey level). torchvision's CPU uint8 kernel rounds an intermediate pass to uint8, so it differs from
+    both by at most 1 grey level on a few percent of pixels (tests/data/test_jpeg_batches.py).
+
+    Kernel launches: one copy per image (into the padded buffer) and a fixed number per chunk; the images are
+    sorted by crop size and cut into chunks of at most `RESAMPLE_BUDGET` padded elements (one chunk for a
+    typical batch of photos), so small crops are not padded to the largest.
+    """
+    device, channels = images[0].device, images[0].shape[0]
+    order = sorted(range(len(images)), key=lambda i: (rows[i].length, cols[i].length), reverse=True)
+    chunks: list[list[int]] = []
+    height = width = 0
+    for i in order:
+        grown = max(height, rows[i].length), max(width, cols[i].length)
+        if chunks and (len(chunks[-1]) + 1) * channels * grown[0] * grown[1] <= RESAMPLE_BUDGET:
+            chunks[-1].append(i)
+            height, width = grown
+        else:
+            chunks.append([i])
+            height, width = rows[i].length, cols[i].length
+    table = torch.tensor([[*dataclasses.astuple(rows[i]), *dataclasses.astuple(cols[i])] for i in order])
+    table = _to_device(torch.cat([table.flatten(), torch.tensor(order).argsort()]), device)
+    spans, restore = table[: 8 * len(order)].view(-1, 8), table[8 * len(order) :]
+    outputs, done = [], 0
+    with torch.autocast(device.type, enabled=False):
+        for chunk in chunks:
+            height = max(rows[i].length for i in chunk)
+            width = max(cols[i].length for i in chunk)
+            crops = torch.zeros(len(chunk), channels, height, width, dtype=torch.float64, device=device)
+            for k, i in enumerate(chunk):
+                r, c = rows[i], cols[i]
+                crop = images[i][:, r.start : r.start + r.length, c.start : c.start + c.length]
+                crops[k, :, : r.length, : c.length] = crop
+            wy = aa_bilinear_weights(spans[done : done + len(chunk), :4], height, size)[:, None]
+            wx = aa_bilinear_weights(spans[done : done + len(chunk), 4:], width, size)[:, None].transpose(-1, -2)
+            # contract the longer axis first: fewer multiply-adds
+            outputs.append(wy @ (crops @ wx) if width >= height else (wy @ crops) @ wx)
+            done += len(chunk)
+    batch = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    # Snapped to 2^-20 first, so that a value exactly half-way between two levels (common: the weights are
+    # rational) rounds the same whatever the padding and chunking did to the last bits of the sums.
+    batch = batch.index_select(0, restore).mul_(2**20).round_().div_(2**20)
+    return batch.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host table on `device` without a host sync: staged through pinned memory from PyTorch's caching
+    host allocator, which keeps the pinned block until the copy has run (a reused pinned buffer would not)."""
+    if device.type == "cuda":
+        return table.pin_memory().to(device, non_blocking=True)
+    return table.to(device)
 
 
 # -- training crops ----------------------------------------------------------------------------------------
@@ -178,27 +286,34 @@ def train_crops(
     generator: torch.Generator | None = None,
     interpolation: InterpolationMode = InterpolationMode.BILINEAR,
     antialias: bool | None = True,
+    batched: bool | None = None,
 ) -> torch.Tensor:
     """RandomResizedCrop + RandomHorizontalFlip of images of different sizes into one (B, 3, size, size) batch.
 
-    Boxes are drawn per image on the host (`random_resized_crop_box`, a CPU `generator`), each crop is resized
-    with torchvision's ``resized_crop`` (one call per image: they differ in size), flips are drawn and applied
-    to the stacked batch at once. With ``flip_p=0`` and ``generator=None`` this returns exactly what
-    ``v2.RandomResizedCrop`` returns image by image for the same global seed.
+    Boxes are drawn per image on the host (`random_resized_crop_box`, a CPU `generator`); flips are drawn after
+    all boxes and applied to the whole batch. With `batched` (default: on CUDA, where per-image calls cost
+    kernel launches and host time) antialiased bilinear crops (the presets') are resized together by `resample`
+    (torchvision's pixels up to one grey level); otherwise, and for other interpolations, by torchvision's
+    ``resized_crop`` image by image (on a CPU, its uint8 kernel is faster than dense products). With
+    ``flip_p=0`` and ``generator=None`` the boxes are those ``v2.RandomResizedCrop`` draws for the same seed.
     """
     if not images:
         raise ValueError("train_crops needs at least one image")
-    crops = []
-    for image in images:
-        top, left, h, w = random_resized_crop_box(image.shape[-2], image.shape[-1], scale, ratio, generator)
-        crops.append(
-            v2.functional.resized_crop(
-                image, top, left, h, w, [size, size], interpolation=interpolation, antialias=antialias
-            )
+    boxes = [random_resized_crop_box(image.shape[-2], image.shape[-1], scale, ratio, generator) for image in images]
+    batched = images[0].is_cuda if batched is None else batched
+    if batched and interpolation == InterpolationMode.BILINEAR and antialias:
+        rows = [Span(top, h, size) for top, _, h, _ in boxes]
+        cols = [Span(left, w, size) for _, left, _, w in boxes]
+        batch = resample(images, rows, cols, size)
+    else:
+        batch = torch.stack(
+            [
+                v2.functional.resized_crop(image, *box, [size, size], interpolation=interpolation, antialias=antialias)
+                for image, box in zip(images, boxes)
+            ]
         )
-    batch = torch.stack(crops)
-    flip = torch.rand(len(crops), generator=generator) < flip_p  # flipped when rand < p, as torchvision does
-    flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)
+    flip = torch.rand(len(images), generator=generator) < flip_p  # flipped when rand < p, as torchvision does
+    flip = _to_device(flip, batch.device).view(-1, 1, 1, 1)
     return torch.where(flip, batch.flip(-1), batch)
 
 
@@ -247,15 +362,40 @@ class TrainCrops:
 # -- evaluation crops --------------------------------------------------------------------------------------
 
 
-def eval_crops(images: Sequence[torch.Tensor], size: int, resize_ratio: float) -> torch.Tensor:
-    """Short side resized to ``round(size * resize_ratio)`` (antialiased), centre ``size``² crop, per image,
-    stacked: ``v2.Resize(round(size * resize_ratio))`` + ``v2.CenterCrop(size)``, the CPU path's evaluation."""
+def resized_length(short: int, long: int, resize: int) -> int:
+    """The long side after ``v2.Resize(resize)`` brings the short side to `resize` (torchvision truncates)."""
+    return int(resize * long / short)
+
+
+def center_span(length: int, resized: int, size: int) -> Span:
+    """``CenterCrop(size)`` of an axis resized from `length` to `resized` pixels: the anchor torchvision computes
+    after zero-padding a short axis (half the padding before, rounded down), as a `Span` offset."""
+    pad_before = (size - resized) // 2 if size > resized else 0
+    padded = max(resized, size)
+    return Span(0, length, resized, int(round((padded - size) / 2.0)) - pad_before)
+
+
+def eval_crops(
+    images: Sequence[torch.Tensor], size: int, resize_ratio: float, batched: bool | None = None
+) -> torch.Tensor:
+    """``v2.Resize(round(size * resize_ratio))`` + ``v2.CenterCrop(size)`` (the CPU path's evaluation) of images
+    of different sizes into one batch: with `batched` (default: on CUDA) resized together by `resample`
+    (torchvision's pixels up to one grey level), otherwise by torchvision image by image (see `train_crops`)."""
     if not images:
         raise ValueError("eval_crops needs at least one image")
-    resize = [round(size * resize_ratio)]
-    return torch.stack(
-        [
-            v2.functional.center_crop(v2.functional.resize(image, resize, antialias=True), [size, size])
-            for image in images
-        ]
-    )
+    resize = round(size * resize_ratio)
+    if not (images[0].is_cuda if batched is None else batched):
+        return torch.stack(
+            [
+                v2.functional.center_crop(v2.functional.resize(image, [resize], antialias=True), [size, size])
+                for image in images
+            ]
+        )
+    rows, cols = [], []
+    for image in images:
+        height, width = image.shape[-2:]
+        new_height = resize if height <= width else resized_length(width, height, resize)
+        new_width = resize if width <= height else resized_length(height, width, resize)
+        rows.append(center_span(height, new_height, size))
+        cols.append(center_span(width, new_width, size))
+    return resample(images, rows, cols, size)
