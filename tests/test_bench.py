@@ -53,3 +53,49 @@ def test_throughput_bench_runs_every_case(tmp_path: Path) -> None:
     }
     assert expected <= set(rows), sorted(rows)
     assert all(row["raw_median"] > 0 and row["framework_median"] > 0 for row in rows.values()), rows
+
+
+@pytest.mark.slow
+def test_gpu_first_contact_dry_run_passes_every_step(tmp_path: Path) -> None:
+    """bench/gpu_first_contact.sh --dry-run: the first-GPU-run script's every step (versions, the GPU tests'
+    collection, the smoke runs, the nvJPEG check, the three bench rows) passes on the CPU, so the script itself is
+    not what fails on first contact; its logs, runs and figures land in the folder it is given."""
+    out = tmp_path / "first-contact"
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_first_contact.sh"), "--dry-run", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        stdin=subprocess.DEVNULL,
+    )
+    summary = (out / "summary.txt").read_text()
+    assert result.returncode == 0, summary[-4000:]
+    assert "FAILED" not in summary and "== 0 step(s) failed" in summary
+    steps = ["versions", "pytest_gpu", "nvjpeg", "bench"]
+    steps += [f"smoke_{name}" for name in ("clip", "style_compiled", "adain_compiled", "restore_compiled", "ddp")]
+    assert all((out / f"{step}.log").is_file() for step in [*steps, "smoke_profile"]), sorted(out.iterdir())
+    for run in ("clip", "style_compiled", "adain_compiled", "restore_compiled", "ddp", "profile"):
+        assert json.loads((out / "runs" / run / "metrics.json").read_text())["metrics"], run
+    clip_config = (out / "runs" / "clip" / ".hydra" / "config.yaml").read_text()
+    assert "gradient_clip_val: 1.0" in clip_config and "precision: bf16-mixed" in clip_config
+    assert (
+        "FitLoop" in (out / "smoke_profile.log").read_text()
+        or "run_training_epoch" in (out / "smoke_profile.log").read_text()
+    )
+    rows = {row["case"] for row in json.loads((out / "throughput.json").read_text())["results"]}
+    assert rows == {"eager_b512", "e2e_randaugment_b512", "dncnn17_b128"}
+
+
+def test_gpu_first_contact_refuses_unknown_options(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_first_contact.sh"), "--dryrun"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: unknown option --dryrun. Usage: bench/gpu_first_contact.sh [--dry-run] [OUT_DIR]"
+    )
