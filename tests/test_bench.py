@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def test_gpu_first_contact_dry_run_passes_every_step(tmp_path: Path) -> None:
     result = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_first_contact.sh"), "--dry-run", str(out)],
         cwd=tmp_path,
+        env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=1500,
