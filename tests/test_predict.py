@@ -301,3 +301,22 @@ def test_predict_batches_give_the_results_of_one_file_at_a_time(checkpoints, tmp
     for a, b in zip(one[1:], three[1:]):
         assert a[1::2] == b[1::2]
         assert np.allclose([float(p) for p in a[2::2]], [float(p) for p in b[2::2]], atol=2e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU box with -m gpu)")
+def test_tiled_prediction_keeps_the_whole_image_and_output_on_the_host() -> None:
+    """Only one tile and its ×4 result are on the GPU at a time: the peak stays far below the output's size."""
+    image = torch.rand(1, 3, 1024, 1024)  # its ×4 output: 192 MiB in float32
+    seen = []
+
+    def upscale(x, _mask):
+        seen.append(x.device.type)
+        return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = tiled(upscale, image, tile=128, overlap=8, scale=4, device=torch.device("cuda"))
+    assert out.device.type == "cpu" and set(seen) == {"cuda"}
+    assert torch.cuda.max_memory_allocated() < 32 * 2**20
+    torch.testing.assert_close(out, torch.nn.functional.interpolate(image, scale_factor=4, mode="nearest"))

@@ -7,6 +7,10 @@ from __future__ import annotations
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# torch.compile modes that replay CUDA graphs (inductor's cudagraph trees) on a GPU: their outputs live in a
+# memory pool that later compiled calls overwrite (see `transferlab.utils.compile`).
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
 # What a run directory holds.
 METRICS_FILE = "metrics.json"  # a run's results, written last (atomically): its presence marks the run finished
 CHECKPOINT_DIR = "checkpoints"

@@ -179,12 +179,13 @@ class ImageFiles(Predictor):
         self.written = 0
 
     def add(self, image: torch.Tensor, relative: Path) -> None:
-        image = self.prepare(image)[None].to(self.device).float() / 255
+        image = self.prepare(image)[None].float() / 255  # on the host: `tiled` moves one tile at a time
         if self.mask is not None and self.mask.shape[-2:] != image.shape[-2:]:
             raise UserError(
                 f"mask is {tuple(self.mask.shape[-2:])} but {relative} is {tuple(image.shape[-2:])}; sizes must match"
             )
-        result = tiled(self.fn, image, self.options.tile, self.options.overlap, self.scale, self.mask)
+        options = self.options
+        result = tiled(self.fn, image, options.tile, options.overlap, self.scale, self.mask, device=self.device)
         png = encode_png(to_uint8(result[0]).cpu()).numpy().tobytes()
         write_bytes_atomic(self.options.output / relative.with_suffix(".png"), png)
         self.written += 1
@@ -239,23 +240,34 @@ def check_tiling(tile: int, overlap: int) -> None:
 
 @torch.inference_mode()
 def tiled(
-    fn: ImageFn, image: torch.Tensor, tile: int, overlap: int, scale: int = 1, mask: torch.Tensor | None = None
+    fn: ImageFn,
+    image: torch.Tensor,
+    tile: int,
+    overlap: int,
+    scale: int = 1,
+    mask: torch.Tensor | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Apply `fn` to a (1, C, H, W) image tile by tile; the output is `scale` times the input size."""
+    """Apply `fn` to a (1, C, H, W) image tile by tile; the output is `scale` times the input size.
+
+    `fn` runs on `device` (default: the image's). A tiled image and its output stay where `image` is (the host,
+    for `tl-predict`): only one tile and its result are on the GPU at a time, so an image larger than the GPU's
+    memory (a ×4 output is 16 times the input) still goes through."""
     check_tiling(tile, overlap)
+    device = image.device if device is None else device
     h, w = image.shape[-2:]
     if h <= tile and w <= tile:
-        return fn(image, mask)
+        return fn(image.to(device), None if mask is None else mask.to(device))
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     out: torch.Tensor | None = None
     for y0, (keep_y0, keep_y1) in zip(ys, seams(ys, tile, h)):
         for x0, (keep_x0, keep_x1) in zip(xs, seams(xs, tile, w)):
             window = (..., slice(y0, y0 + tile), slice(x0, x0 + tile))
-            result = fn(image[window], None if mask is None else mask[window])
+            result = fn(image[window].to(device), None if mask is None else mask[window].to(device))
             if out is None:
-                out = result.new_empty(1, result.shape[1], h * scale, w * scale)
+                out = torch.empty(1, result.shape[1], h * scale, w * scale, dtype=result.dtype, device=image.device)
             s = scale
             out[..., keep_y0 * s : keep_y1 * s, keep_x0 * s : keep_x1 * s] = result[
                 ..., (keep_y0 - y0) * s : (keep_y1 - y0) * s, (keep_x0 - x0) * s : (keep_x1 - x0) * s
-            ]
+            ].to(image.device)
     return out

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd, instantiate
+from lightning_utilities.core.apply_func import apply_to_collection
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
@@ -76,9 +77,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         monitored = OmegaConf.select(cfg, "monitor.metric")
         callbacks.append(ProgressBar(keys=("train/loss_step", "train/loss", *([monitored] if monitored else []))))
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-    # Checkpoints are written by a background thread (tensors are cloned first, so training goes on at once);
-    # the trainer waits for the last write before `fit` returns.
-    plugins = [AsyncCheckpointIO()] if checkpointing and "plugins" not in cfg.trainer else None
+    # Checkpoints are written by a background thread (tensors are copied to host memory first, so training goes
+    # on at once); the trainer waits for the last write before `fit` returns.
+    plugins = [HostSnapshotCheckpointIO()] if checkpointing and "plugins" not in cfg.trainer else None
     trainer = build(
         cfg.trainer,
         "trainer",
@@ -90,6 +91,48 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
     check_precision(str(cfg.trainer.get("precision")), trainer)
     configure_cpu(cfg.get("cpu_threads"), processes=trainer.num_devices)  # before any worker or thread pool starts
     return trainer
+
+
+def host_snapshot(checkpoint: Any) -> Any:
+    """`checkpoint` with every tensor copied to host memory, independent of the live tensors.
+
+    GPU tensors go to pinned memory with non-blocking copies, then one synchronisation per device: a save costs
+    one device→host transfer and no GPU memory (a clone on the GPU would double the weights and optimizer
+    state for as long as the write takes). Host tensors are cloned, so training may change them meanwhile."""
+    devices: set[torch.device] = set()
+
+    def to_host(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        if tensor.device.type == "cpu":
+            return tensor.clone()
+        if tensor.device.type != "cuda":
+            return tensor.to("cpu")
+        devices.add(tensor.device)
+        return torch.empty_like(tensor, device="cpu", pin_memory=True).copy_(tensor, non_blocking=True)
+
+    snapshot = apply_to_collection(checkpoint, torch.Tensor, to_host)
+    for device in devices:  # the copies must land before the writer thread reads them
+        torch.cuda.synchronize(device)
+    return snapshot
+
+
+class HostSnapshotCheckpointIO(AsyncCheckpointIO):
+    """Lightning's background checkpoint writer, with the snapshot taken in host memory (`host_snapshot`) instead
+    of cloned on the device, where a save would briefly double the GPU memory the model and optimizer hold."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        self._ensure_setup()
+        snapshot = host_snapshot(checkpoint)
+
+        def write() -> None:
+            try:
+                self.checkpoint_io.save_checkpoint(snapshot, path, storage_options=storage_options)
+            except BaseException as err:  # raised on the training thread at the next save or teardown
+                self._error = err
+
+        self._executor.submit(write)
+        if self._error:  # a write that failed since the last save
+            raise self._error
 
 
 def check_precision(requested: str, trainer: pl.Trainer) -> None:

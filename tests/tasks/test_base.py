@@ -103,3 +103,16 @@ def test_epoch_logging_matches_a_direct_computation(make_cfg) -> None:
 def test_fused_optimizer_on_cuda_unless_configured(device: str, keywords: dict, expected: dict) -> None:
     make = functools.partial(torch.optim.AdamW, lr=0.1, **keywords)
     assert fused_if_supported(make, torch.device(device)) == expected
+
+
+def test_the_validation_grid_keeps_copies_not_views_of_the_outputs(make_cfg) -> None:
+    """Under CUDA graphs the next compiled call reuses an output's memory: the grid must not see it change."""
+    cfg = make_cfg("logger=none")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    output = torch.rand(8, 3, 4, 4)
+    shown = output[:4].clone()
+    task.show_images("val", 0, "val/grid", lambda: [output])
+    output.fill_(0.5)  # what the next step's compiled call does to the memory of this one's output
+    tag, columns = task._grid
+    assert tag == "val/grid" and torch.equal(columns[0], shown)

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.transforms import v2
 
 from transferlab.data.device_loader import DeviceBatchLoader, device_augment_from
+from transferlab.data.device_memory import keep_on_device
 from transferlab.data.images import BadFiles
 from transferlab.data.resumable import ResumableLoader
 from transferlab.utils.errors import UserError, one_line
@@ -205,6 +206,10 @@ class BatchedDataModule(pl.LightningDataModule):
         ``tl-predict``; by default the file as it is (image-to-image tasks take any size)."""
         return _unchanged
 
+    def training_device(self) -> torch.device:
+        """The device this rank trains on (the CPU before a trainer is attached)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
@@ -303,6 +308,7 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         self.classes: list[str] = []
         self._sources: dict[str, tuple[Dataset, list[int] | None]] = {}
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fits_on_device: bool | None = None  # the size check, made once at the first loader
 
     # -- what subclasses provide -------------------------------------------------------------------
     @abc.abstractmethod
@@ -354,16 +360,31 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         }
 
     def device_resident(self) -> bool:
-        """Whether batches come from tensors kept on the training device (`on_gpu`; auto: in-memory on GPU)."""
+        """Whether batches come from tensors kept on the training device (`on_gpu`; auto: in-memory data on a
+        GPU, when it takes a small share of the free memory: `device_memory.keep_on_device`)."""
         in_memory = all(isinstance(source, TensorImageDataset) for source, _ in self._sources.values())
-        if self.on_gpu is None:
-            return in_memory and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         if self.on_gpu and not in_memory:
             raise UserError(f"data.on_gpu=true needs an in-memory dataset; {type(self).__name__} reads files")
-        return bool(self.on_gpu)
+        device = self.training_device()
+        if self.on_gpu is False or (self.on_gpu is None and not (in_memory and device.type == "cuda")):
+            return False
+        if self._fits_on_device is None:
+            what = "the dataset (train, validation and test images)"
+            self._fits_on_device = keep_on_device(self.device_bytes(), device, bool(self.on_gpu), what)
+        return self._fits_on_device
+
+    def device_bytes(self) -> int:
+        """What the device path uploads for the whole run: every split's images and targets, as stored."""
+        total = 0
+        for source, indices in self._sources.values():
+            images, targets = source.images, source.targets  # type: ignore[attr-defined]
+            count = len(images) if indices is None else len(indices)
+            per_image = images.numel() // max(1, len(images)) * images.element_size()
+            total += count * (per_image + targets.element_size())
+        return total
 
     def _device_loader(self, split: str, shuffle: bool) -> DeviceBatchLoader:
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = self.training_device()
         if split not in self._on_device:  # copied to the device once, kept for the whole run
             source, indices = self._sources[split]
             images, targets = source.images, source.targets  # type: ignore[attr-defined]

@@ -93,11 +93,15 @@ class FixedBatchLoader:
 
     def __init__(self, samples: Batch, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         count = len(next(iter(samples.values())))
+        self.batch_size, self.count = batch_size, count
+        if world_size == 1:  # the samples as they are: an indexed copy would hold them twice on the device
+            self.samples = dict(samples)
+            return
         per_rank = -(-count // world_size)
         order = torch.arange(per_rank * world_size) % count
         index = order[rank::world_size].to(next(iter(samples.values())).device)
         self.samples = {k: v[index] for k, v in samples.items()}
-        self.batch_size, self.count = batch_size, len(index)
+        self.count = len(index)
 
     def __len__(self) -> int:
         return -(-self.count // self.batch_size)

@@ -30,6 +30,7 @@ from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.data.base import BatchedDataModule
 from transferlab.data.degradations import Degrade
 from transferlab.data.device_degrade import DeviceDegrade
+from transferlab.data.device_memory import keep_on_device
 from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
 from transferlab.data.images import BadFiles, UnreadableImage, decode_rgb, image_files
 from transferlab.utils.errors import UserError
@@ -218,6 +219,7 @@ class PhotoDataModule(BatchedDataModule):
         self.split_photos: dict[str, list[torch.Tensor]] = {}  # the photos themselves, as decoded
         self._train_photos: list[torch.Tensor] = []
         self._on_device: dict[str, Any] = {}
+        self._fits_on_device: bool | None = None  # the size check, made once at the first loader
 
     def task_args(self) -> dict[str, Any]:
         """Restoration models learn the up-scale factor and mask channel from the degradations."""
@@ -254,15 +256,29 @@ class PhotoDataModule(BatchedDataModule):
 
     # -- the device path -----------------------------------------------------------------------------
     def device_resident(self) -> bool:
-        """Patches made on the training device (`on_gpu`; auto: when training on a GPU)."""
-        if self.on_gpu is None:
-            return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return bool(self.on_gpu)
+        """Patches made on the training device (`on_gpu`; auto: when training on a GPU and the photos take a
+        small share of its free memory: `device_memory.keep_on_device`)."""
+        device = self.training_device()
+        if self.on_gpu is False or (self.on_gpu is None and device.type != "cuda"):
+            return False
+        if self._fits_on_device is None:
+            what = "the photos (training photos, validation and test patches)"
+            self._fits_on_device = keep_on_device(self.device_bytes(), device, bool(self.on_gpu), what)
+        return self._fits_on_device
+
+    def device_bytes(self) -> int:
+        """What the device path uploads: the training photos as decoded (upscaled where smaller than a patch) and
+        the fixed validation and test samples, sized from their first sample (each is the same size)."""
+        total = sum(photo.numel() * photo.element_size() for photo in self._train_photos)
+        for split in ("val", "test"):
+            dataset = self._splits[split]
+            total += len(dataset) * sum(t.numel() * t.element_size() for t in dataset[0].values())
+        return total
 
     def _loader(self, split: str, shuffle: bool) -> Any:
         if not self.device_resident():
             return super()._loader(split, shuffle)
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        device = self.training_device()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         batch_size = self.per_device_batch_size()
         if split == "train":

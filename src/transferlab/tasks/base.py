@@ -29,7 +29,8 @@ from torch import nn
 from transferlab.backbones import InputNormalize
 from transferlab.finetune import Finetune
 from transferlab.loggers import log_image_rows
-from transferlab.utils.compile import compile_forward
+from transferlab.utils.checks import refuse_cuda_graph_accumulation
+from transferlab.utils.compile import compile_forward, cudagraph_step_begin
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError, describe
 
@@ -144,18 +145,27 @@ class TransferTask(pl.LightningModule, abc.ABC):
     def show_images(self, stage: str, batch_idx: int, tag: str, columns: Callable[[], list[torch.Tensor]]) -> None:
         """Keep the first validation batch's first images, one column per tensor ([0, 1], same size), to log
         as one grid under `tag` when validation ends (not during Lightning's sanity check). `columns` is called
-        only for that batch, so preparing what is shown costs nothing on the other steps."""
+        only for that batch, so preparing what is shown costs nothing on the other steps.
+
+        The images are copied: a view would keep a compiled model's output, whose memory CUDA graphs reuse at the
+        next step (and a view of a whole batch would keep all of it alive until the epoch ends)."""
         if stage == "val" and batch_idx == 0:
-            self._grid = (tag, [c[:GRID_SAMPLES].detach() for c in columns()])
+            self._grid = (tag, [c[:GRID_SAMPLES].detach().clone() for c in columns()])
 
     # -- Lightning's three entry points share one step function ------------------------------------
+    # Each step starts a CUDA-graphs generation (under model.compile=reduce-overhead/max-autotune): the compiled
+    # calls of one step (a stylizer and the loss network on its output, AdaIN's two loss-network calls, without
+    # gradients in validation) then never overwrite each other's outputs (`transferlab.utils.compile`).
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        cudagraph_step_begin(self.compile_mode)
         return self.shared_step(batch, "train", batch_idx)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        cudagraph_step_begin(self.compile_mode)
         self.shared_step(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        cudagraph_step_begin(self.compile_mode)
         self.shared_step(batch, "test", batch_idx)
 
     # -- logging without per-step host work --------------------------------------------------------
@@ -225,6 +235,8 @@ class TransferTask(pl.LightningModule, abc.ABC):
         return self.channels_last
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None:  # tl-train checked its config; this is for API callers
+            refuse_cuda_graph_accumulation(self.compile_mode, self.trainer.accumulate_grad_batches)
         pretrained = self.pretrained_part()
         if pretrained is None:
             return

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from transferlab.constants import CUDA_GRAPH_COMPILE_MODES
 from transferlab.utils.errors import UserError
 
 
@@ -226,5 +227,27 @@ def check_relations(cfg: DictConfig) -> None:
         low, high = trainer.get("min_epochs"), trainer.get("max_epochs")
         if isinstance(low, int) and isinstance(high, int) and high >= 0 and low > high:
             raise UserError(f"trainer.min_epochs={low} exceeds trainer.max_epochs={high}. Lower min_epochs")
+    check_compile_with_accumulation(cfg)
     if "train" in cfg and "test" in cfg and not (cfg.train or cfg.test):
         raise UserError("both train=false and test=false: nothing to do. Enable one of them")
+
+
+def check_compile_with_accumulation(cfg: DictConfig) -> None:
+    """`refuse_cuda_graph_accumulation` on the config, before anything is built."""
+    mode = OmegaConf.select(cfg, "model.compile", default=None)
+    refuse_cuda_graph_accumulation(mode, OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1))
+
+
+def refuse_cuda_graph_accumulation(mode: Any, steps: Any) -> None:
+    """Refuse gradient accumulation under a CUDA-graph compile mode.
+
+    The compiled backward writes its gradients into the CUDA graphs' memory pool, so the first micro-batch's
+    ``.grad`` is overwritten by the next backward instead of summed (torch raises "accessing gradient tensor
+    output of CUDAGraphs that has been overwritten" on the GPU). Refused on any device: the config is wrong for
+    the GPU it is meant for."""
+    if mode in CUDA_GRAPH_COMPILE_MODES and isinstance(steps, int) and steps > 1:
+        raise UserError(
+            f"model.compile={mode} (CUDA graphs) cannot accumulate gradients (trainer.accumulate_grad_batches="
+            f"{steps}): each backward overwrites the previous gradients. Use model.compile=default or "
+            "trainer.accumulate_grad_batches=1"
+        )
