@@ -467,9 +467,9 @@ def same_distribution(a: torch.Tensor, b: torch.Tensor) -> bool:
 @pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.stem)
 def test_every_preset_runs_on_cuda_without_syncs(path: Path) -> None:
     """On a GPU: outputs stay on the device, CUDA's sync debug mode sees no device→host copy or synchronisation
-    (JPEG excepted), and the degradation is as strong as on the CPU: per-patch PSNRs (and mask coverages) over 1,024 patches
-    follow the same distribution (a ±1 dB bound on the mean over 64 patches, the old check, is about one
-    standard deviation for blind noise)."""
+    (JPEG excepted), and the degradation is as strong as on the CPU: per-patch PSNRs (and mask coverages) over
+    1,024 patches follow the same distribution (a ±1 dB bound on the mean over 64 patches, the old check, is
+    about one standard deviation for blind noise)."""
     device_degrade = DeviceDegrade.from_degrade(build_preset(path))
     clean = photo_patches(1024)
     on_gpu = clean.cuda()  # a copy from pageable memory synchronises: done before the check
