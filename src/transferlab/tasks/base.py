@@ -323,5 +323,5 @@ class TransferTask(pl.LightningModule, abc.ABC):
         in_backbone = {id(p) for p in backbone}
         groups = self.finetune.param_groups(backbone, [p for p in self.parameters() if id(p) not in in_backbone])
         total_steps = int(self.trainer.estimated_stepping_batches) if self.scheduler_cfg else 0
-        optimizer, scheduler = self._make_optimizer(groups, total_steps, self.trainer)
+        optimizer, scheduler = self._make_optimizer(groups, total_steps, self._trainer)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
