@@ -167,3 +167,26 @@ def test_the_sync_detector_sees_what_it_claims() -> None:
         torch.bincount(torch.arange(3), minlength=5)
         torch.tensor(3)
     assert len(syncs.found) == 4, syncs.found
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_metric_updates_never_sync_on_cuda_under_bf16_autocast(make_cfg) -> None:
+    """On the GPU itself: torch raises at any synchronising call (C++ ones included) during the updates."""
+    from transferlab.runner import build
+
+    restoration = task(mask_channel=True, channel="y", crop_border=2).cuda()
+    cfg = make_cfg("model.backbone.name=small_cnn")
+    classifier = build(cfg.model, "model", num_classes=10, class_names=list("abcdefghij")).cuda()
+    clean, restored = (t.cuda() for t in noisy(7))
+    mask = (torch.rand(2, 1, 32, 32, device="cuda") > 0.5).float()
+    logits, targets = torch.randn(8, 10, device="cuda"), torch.arange(8, device="cuda")
+    for armed in (False, True):  # the first update sets states up
+        torch.cuda.set_sync_debug_mode("error" if armed else "default")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                restoration.update_quality("val", clean, restored.bfloat16(), clean, mask)
+                classifier.update_metrics("val", logits.bfloat16(), targets)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert classifier.confusion["val"].compute().sum().item() == 16
