@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -101,3 +102,27 @@ def test_gpu_first_contact_refuses_unknown_options(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "error: unknown option --dryrun. Usage: bench/gpu_first_contact.sh [--dry-run] [OUT_DIR]"
     )
+
+
+def load_bench(name: str, monkeypatch: pytest.MonkeyPatch):
+    """A bench script as a module (registered while the test runs: its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_raw_epoch_is_timed_after_a_warm_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raw loop's epoch is timed like the framework's (its second epoch): after warm-up steps, not from a cold
+    start (cuDNN autotuning, allocator growth and lazy initialisation would count against the raw side)."""
+    bench = load_bench("throughput", monkeypatch)
+    timed: list = []
+    monkeypatch.setattr(bench, "raw_rate", lambda cfg, setup, case: timed.append(setup) or 1000.0)
+    root = bench.write_cifar10(tmp_path / "cifar", train_images=200)
+    setup = bench.Setup(backbone="mobilenet_v3_small", steps=3, warmup=2, out=tmp_path)
+    seconds = bench.raw_epoch_seconds(setup, root, batch_size=16)
+    (epoch,) = timed
+    assert epoch.warmup == 2  # warm-up steps first (raw_rate synchronises before its timed window)
+    assert epoch.steps * 16 == pytest.approx(seconds * 1000.0)  # then one whole epoch of the training split
+    assert epoch.steps >= 10

@@ -12,7 +12,8 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from conftest import run_cli, start_cli
-from transferlab.callbacks import ModelCheckpoint, ProgressBar
+from transferlab import callbacks
+from transferlab.callbacks import EpochTimer, ModelCheckpoint, ProgressBar
 from transferlab.runner import build, build_trainer
 from transferlab.train import run
 
@@ -149,3 +150,41 @@ def test_sigterm_saves_the_state_and_says_how_to_resume(tmp_path) -> None:
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["epochs"] == 40 and summary["resumed_from"] == str(last)
+
+
+def test_epoch_timer_waits_for_the_device_at_each_boundary_only(make_cfg, monkeypatch) -> None:
+    """The boundary is timed between synchronised ends (a GPU runs behind the host): the device is waited for at an
+    epoch's last step and at the next epoch's first, never in the steps between."""
+    waits: list[tuple[int, str]] = []
+    trainer_box: list[pl.Trainer] = []
+    monkeypatch.setattr(
+        callbacks, "synchronize", lambda device: waits.append((trainer_box[0].global_step, device.type))
+    )
+    cfg = make_cfg("trainer.max_epochs=3", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        callbacks=[EpochTimer()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer_box.append(trainer)
+    trainer.fit(task, datamodule=datamodule)
+    # after the 3rd step of each epoch; before the 1st step of the 2nd and 3rd epochs (global step 3 and 6)
+    assert waits == [(3, "cpu"), (3, "cpu"), (6, "cpu"), (6, "cpu"), (9, "cpu")]
+    assert trainer.callback_metrics["time/boundary_s"] >= 0 and "time/epoch_s" in trainer.callback_metrics
+
+
+def test_synchronize_waits_for_cuda_only(monkeypatch) -> None:
+    waited: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", waited.append)
+    callbacks.synchronize(torch.device("cpu"))
+    assert waited == []
+    callbacks.synchronize(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]

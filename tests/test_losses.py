@@ -70,6 +70,30 @@ def test_mean_std_by_hand() -> None:
     assert mean.item() == pytest.approx(2.0) and std.item() == pytest.approx(1.0)
 
 
+def test_style_statistics_under_bf16_autocast_equal_float32() -> None:
+    """Mixed precision runs the loss inside bf16 autocast: a bfloat16 Gram product (or TV/AdaIN statistics kept in
+    bfloat16) rounds to ~3 digits, and the style loss is a small difference of such matrices."""
+    features = torch.relu(torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(0))).bfloat16()
+    target = gram_matrix(features.float()[:1] * 1.01)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)).bfloat16()  # a bf16 network output
+    expected = {
+        "gram": gram_matrix(features.float()),
+        "style": style_loss({"a": features.float()}, {"a": target}, {"a": 1.0}),
+        "tv": total_variation(image.float()),
+        "std": mean_std(features.float())[1],
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = {
+            "gram": gram_matrix(features),
+            "style": style_loss({"a": features}, {"a": target}, {"a": 1.0}),
+            "tv": total_variation(image),
+            "std": mean_std(features)[1],
+        }
+    for name, value in got.items():
+        assert value.dtype == torch.float32, name
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_vgg_layer_names_follow_the_papers() -> None:
     from torchvision.models import vgg16, vgg19
 

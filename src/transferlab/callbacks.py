@@ -213,11 +213,20 @@ class StopOnNonFiniteLoss(pl.Callback):
         )
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has run all its queued work (CUDA; CPU ops have finished when they return)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class EpochTimer(pl.Callback):
     """Log how long epochs take: ``time/epoch_s`` (training + validation) and ``time/boundary_s``.
 
     The boundary is the time from one epoch's last training step to the next epoch's first: validation,
     checkpoint writes, loader restarts. It should stay a small fraction of an epoch (BENCHMARKS.md).
+    A GPU runs behind the host, so both ends wait for the device first (two syncs per epoch, none in the
+    steps between): otherwise the boundary would include the GPU finishing the epoch's queued steps, and
+    miss validation work still queued when the next epoch starts.
     """
 
     def __init__(self) -> None:
@@ -230,11 +239,13 @@ class EpochTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._last_step_end is not None:  # first step of a new epoch
+            synchronize(pl_module.device)
             self._boundary = time.perf_counter() - self._last_step_end
             self._last_step_end = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if trainer.fit_loop.epoch_loop.done:  # the epoch's last training step
+            synchronize(pl_module.device)
             self._last_step_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

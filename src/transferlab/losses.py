@@ -36,15 +36,26 @@ def vgg_layer_names(features: nn.Sequential) -> dict[str, str]:
     return names
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as float32, or as itself when it is float32/float64 already (half precision is raised)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Channel correlations ``F Fᵀ / (C·H·W)`` of (N, C, H, W) features: texture statistics without layout."""
+    """Channel correlations ``F Fᵀ / (C·H·W)`` of (N, C, H, W) features: texture statistics without layout.
+
+    At least float32, outside autocast: the style loss is the small difference of two Gram matrices, which a
+    bfloat16 product (mixed precision) rounds to ~3 significant digits before subtracting."""
     n, c, h, w = features.shape
-    flat = features.reshape(n, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
+    flat = at_least_float32(features.reshape(n, c, h * w))
+    with torch.autocast(features.device.type, enabled=False):
+        return flat @ flat.transpose(1, 2) / (c * h * w)
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Anisotropic TV: mean absolute difference of vertically and horizontally neighbouring pixels (summed)."""
+    """Anisotropic TV: mean absolute difference of vertically and horizontally neighbouring pixels (summed), in
+    float32 (a bfloat16 output under mixed precision would otherwise be averaged and returned in bfloat16)."""
+    images = at_least_float32(images)
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
     return dx + dy
@@ -67,7 +78,9 @@ def pixel_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 def mean_std(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel spatial mean and standard deviation, (N, C, 1, 1) each (AdaIN's style statistics)."""
+    """Per-channel spatial mean and standard deviation, (N, C, 1, 1) each (AdaIN's style statistics), in float32
+    whatever the features' precision: a variance of bfloat16 activations is a difference of rounded squares."""
+    features = at_least_float32(features)
     mean = features.mean(dim=(2, 3), keepdim=True)
     std = (features.var(dim=(2, 3), keepdim=True, unbiased=False) + eps).sqrt()
     return mean, std

@@ -26,6 +26,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from pytorch_lightning.strategies.launchers import subprocess_script
+from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from transferlab import cli
@@ -87,6 +89,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
         logger=loggers or False,
         enable_checkpointing=checkpointing,
         plugins=plugins,
+        **deterministic_on(decided_accelerator(cfg.trainer), cfg.trainer.get("deterministic")),
     )
     check_precision(str(cfg.trainer.get("precision")), trainer)
     configure_cpu(cfg.get("cpu_threads"), processes=trainer.num_devices)  # before any worker or thread pool starts
@@ -133,6 +136,40 @@ class HostSnapshotCheckpointIO(AsyncCheckpointIO):
         self._executor.submit(write)
         if self._error:  # a write that failed since the last save
             raise self._error
+
+
+def decided_accelerator(trainer_cfg: DictConfig) -> str:
+    """The accelerator Lightning will choose for `trainer_cfg` ("cuda", "mps", "cpu", …), known before the trainer
+    exists (some trainer settings depend on it); decided by Lightning's own rules for "auto" and "gpu"."""
+    flag = trainer_cfg.get("accelerator") or "auto"
+    if flag == "auto":
+        return _AcceleratorConnector._choose_auto_accelerator()
+    if flag == "gpu":
+        try:
+            return _AcceleratorConnector._choose_gpu_accelerator_backend()
+        except MisconfigurationException:  # no GPU: building the trainer says so
+            return "gpu"
+    return str(flag)
+
+
+def deterministic_on(accelerator: str, requested: Any) -> dict[str, Any]:
+    """Trainer arguments for ``trainer.deterministic=true`` on CUDA: ``"warn"`` and no cuDNN benchmark.
+
+    Strict determinism stops a CUDA run at the first op without a deterministic kernel (adaptive average pooling,
+    bilinear interpolation, reflection padding and NLL loss backward: most backbones), so such ops warn instead;
+    cuDNN's benchmark (on in trainer=gpu) picks algorithms by timing, which no deterministic setting undoes.
+    """
+    if requested is not True or accelerator != "cuda":
+        return {}
+    if rank_zero_only.rank == 0:
+        print(
+            "note: trainer.deterministic=true runs as 'warn' on CUDA: some ops (adaptive pooling, bilinear "
+            "interpolation, reflection padding, NLL loss backward) have no deterministic CUDA kernel and warn "
+            "instead of stopping the run; cudnn.benchmark is off",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"deterministic": "warn", "benchmark": False}
 
 
 def check_precision(requested: str, trainer: pl.Trainer) -> None:

@@ -10,7 +10,9 @@ import torch
 
 from conftest import HostReads
 from transferlab.runner import build, build_trainer, instantiate_named
+from transferlab.tasks import base
 from transferlab.tasks.base import fused_if_supported
+from transferlab.utils.errors import UserError
 
 
 class ArmDuring(pl.Callback):
@@ -97,12 +99,19 @@ def test_epoch_logging_matches_a_direct_computation(make_cfg) -> None:
 
 
 @pytest.mark.parametrize(
-    ("device", "keywords", "expected"),
-    [("cuda", {}, {"fused": True}), ("cpu", {}, {}), ("cuda", {"foreach": False}, {}), ("cuda", {"fused": False}, {})],
+    ("device", "keywords", "clips", "expected"),
+    [
+        ("cuda", {}, False, {"fused": True}),
+        ("cuda", {}, True, {"foreach": True}),  # a fused step cannot be clipped under mixed precision
+        ("cpu", {}, False, {}),
+        ("cpu", {}, True, {}),
+        ("cuda", {"foreach": False}, False, {}),
+        ("cuda", {"fused": False}, True, {}),
+    ],
 )
-def test_fused_optimizer_on_cuda_unless_configured(device: str, keywords: dict, expected: dict) -> None:
+def test_fused_optimizer_on_cuda_unless_configured_or_clipped(device, keywords, clips, expected) -> None:
     make = functools.partial(torch.optim.AdamW, lr=0.1, **keywords)
-    assert fused_if_supported(make, torch.device(device)) == expected
+    assert fused_if_supported(make, torch.device(device), clips) == expected
 
 
 def test_the_validation_grid_keeps_copies_not_views_of_the_outputs(make_cfg) -> None:
@@ -116,3 +125,39 @@ def test_the_validation_grid_keeps_copies_not_views_of_the_outputs(make_cfg) -> 
     output.fill_(0.5)  # what the next step's compiled call does to the memory of this one's output
     tag, columns = task._grid
     assert tag == "val/grid" and torch.equal(columns[0], shown)
+
+
+def fit_as_on_cuda(make_cfg, monkeypatch, *overrides: str) -> pl.Trainer:
+    """Two bf16-mixed CPU steps with gradient clipping, the optimizer's kernel chosen as it is on a CUDA device
+    (CPU Adam/AdamW/SGD have fused kernels too, so the CUDA choice runs here)."""
+    as_cuda = base.fused_if_supported
+    monkeypatch.setattr(base, "fused_if_supported", lambda make, _device, *a: as_cuda(make, torch.device("cuda"), *a))
+    cfg = make_cfg(
+        "trainer.precision=bf16-mixed",
+        "trainer.gradient_clip_val=1.0",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=0",
+        "logger=none",
+        "callbacks=none",
+        *overrides,
+    )
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    trainer = build_trainer(cfg, [], [])
+    trainer.fit(task, datamodule=datamodule)
+    return trainer
+
+
+def test_gradient_clipping_under_mixed_precision_trains_with_the_cuda_optimizer_choice(make_cfg, monkeypatch) -> None:
+    trainer = fit_as_on_cuda(make_cfg, monkeypatch)
+    assert trainer.global_step == 2
+    defaults = trainer.optimizers[0].defaults
+    assert not defaults.get("fused") and defaults.get("foreach") is True
+
+
+def test_configured_fused_optimizer_with_clipping_under_mixed_precision_is_refused(make_cfg, monkeypatch) -> None:
+    with pytest.raises(UserError) as err:
+        fit_as_on_cuda(make_cfg, monkeypatch, "+model.optimizer.fused=true")
+    message = str(err.value)
+    assert "model.optimizer.fused=true" in message and "trainer.gradient_clip_val" in message
+    assert "\n" not in message

@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from pytorch_lightning.plugins.precision import MixedPrecision
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
@@ -48,20 +49,38 @@ def _ddp_without_unused_parameter_search(trainer: pl.Trainer | None) -> bool:
     return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
 
 
-def fused_if_supported(make_optimizer: Any, device: torch.device) -> dict[str, Any]:
+def fused_if_supported(make_optimizer: Any, device: torch.device, clips_gradients: bool = False) -> dict[str, Any]:
     """``fused=True`` for a CUDA optimizer that has a fused kernel, unless the config chose fused/foreach itself.
 
     A fused Adam/AdamW/SGD step is one kernel instead of a few per parameter tensor: less host time per step.
+    A fused step unscales gradients inside itself, so Lightning's mixed-precision plugin refuses to clip its
+    gradients (they would be clipped while still scaled); when the trainer clips (`clips_gradients`) the
+    multi-tensor ``foreach`` step is chosen instead, nearly as fast and clippable.
     """
     if device.type != "cuda":
         return {}
     chosen = getattr(make_optimizer, "keywords", {}) or {}
+    if "fused" in chosen or "foreach" in chosen:
+        return {}
     target = getattr(make_optimizer, "func", make_optimizer)
     try:
-        accepts = "fused" in inspect.signature(target).parameters
+        accepts = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return {}
-    return {"fused": True} if accepts and "fused" not in chosen and "foreach" not in chosen else {}
+    choice = "foreach" if clips_gradients else "fused"
+    return {choice: True} if choice in accepts else {}
+
+
+def check_fused_clipping(make_optimizer: Any, trainer: pl.Trainer) -> None:
+    """Refuse a configured ``fused=True`` optimizer that the trainer would clip under mixed precision: Lightning
+    would stop at the first step with a traceback (a fused step unscales its gradients only inside itself)."""
+    chosen = getattr(make_optimizer, "keywords", {}) or {}
+    if chosen.get("fused") and trainer.gradient_clip_val and isinstance(trainer.precision_plugin, MixedPrecision):
+        raise UserError(
+            f"model.optimizer.fused=true cannot clip gradients (trainer.gradient_clip_val={trainer.gradient_clip_val}) "
+            f"under trainer.precision={trainer.precision}: a fused step unscales its gradients inside itself. "
+            "Remove model.optimizer.fused (a clipped run then uses foreach) or trainer.gradient_clip_val"
+        )
 
 
 class TransferTask(pl.LightningModule, abc.ABC):
@@ -290,11 +309,17 @@ class TransferTask(pl.LightningModule, abc.ABC):
                 "Check the model.optimizer.* and model.scheduler.* overrides"
             ) from err
 
-    def _make_optimizer(self, params: Any, total_steps: int) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
+    def _make_optimizer(
+        self, params: Any, total_steps: int, trainer: pl.Trainer | None = None
+    ) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
         """The configured optimizer over `params` (groups may carry an ``lr_scale``: their LR is the configured one
-        times it), and its LR-scheduler entry for Lightning (or None)."""
+        times it), and its LR-scheduler entry for Lightning (or None). With the `trainer` it will run under, the
+        step kernel (fused or foreach) suits the trainer's gradient clipping."""
         make_optimizer = instantiate(self.optimizer_cfg)
-        optimizer = make_optimizer(params, **fused_if_supported(make_optimizer, self.device))
+        clips = trainer is not None and bool(trainer.gradient_clip_val)
+        if trainer is not None:
+            check_fused_clipping(make_optimizer, trainer)
+        optimizer = make_optimizer(params, **fused_if_supported(make_optimizer, self.device, clips))
         for group in optimizer.param_groups:  # before any scheduler records the initial LRs
             group["lr"] *= group.get("lr_scale", 1.0)
         if not self.scheduler_cfg:
@@ -310,5 +335,5 @@ class TransferTask(pl.LightningModule, abc.ABC):
         in_backbone = {id(p) for p in backbone}
         groups = self.finetune.param_groups(backbone, [p for p in self.parameters() if id(p) not in in_backbone])
         total_steps = int(self.trainer.estimated_stepping_batches) if self.scheduler_cfg else 0
-        optimizer, scheduler = self._make_optimizer(groups, total_steps)
+        optimizer, scheduler = self._make_optimizer(groups, total_steps, self._trainer)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

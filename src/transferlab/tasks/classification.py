@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from transferlab.backbones import InputNormalize, build_backbone, first_layers
 from transferlab.inference import BATCH_AXIS, LOGITS, ClassTable, ExportSpec, PredictOptions, Predictor
 from transferlab.loggers import log_figure
 from transferlab.tasks.base import TransferTask
+from transferlab.tasks.metrics import ConfusionMatrix, PerClassAccuracy, full_precision
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError
 
@@ -80,12 +81,8 @@ class ClassificationTask(TransferTask):
         # host time per metric per step (BENCHMARKS.md); evaluation keeps torchmetrics (it also gives per-class).
         self.register_buffer("train_hits", torch.zeros(2), persistent=False)
         self.train_seen = 0
-        self.per_class = nn.ModuleDict(
-            {s: MulticlassAccuracy(num_classes, average=None, validate_args=False) for s in ("val", "test")}
-        )
-        self.confusion = nn.ModuleDict(
-            {s: MulticlassConfusionMatrix(num_classes, validate_args=False) for s in ("val", "test")}
-        )
+        self.per_class = nn.ModuleDict({s: PerClassAccuracy(num_classes) for s in ("val", "test")})
+        self.confusion = nn.ModuleDict({s: ConfusionMatrix(num_classes, validate_args=False) for s in ("val", "test")})
 
     @staticmethod
     def _metrics(num_classes: int) -> MetricCollection:
@@ -134,12 +131,16 @@ class ClassificationTask(TransferTask):
         if stage == "train":
             self.count_hits(logits.detach(), targets)
         else:
-            self.metrics[f"{stage}_metrics"].update(logits, targets)  # accumulates on the device
+            self.update_metrics(stage, logits, targets)
         self.log_losses(stage, {"loss": loss}, len(targets))
-        if stage in self.per_class:
-            self.per_class[stage].update(logits, targets)
-            self.confusion[stage].update(logits, targets)
         return loss
+
+    @full_precision
+    def update_metrics(self, stage: str, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add an evaluation batch to the stage's accuracies and confusion matrix (on the device, no host sync)."""
+        self.metrics[f"{stage}_metrics"].update(logits, targets)
+        self.per_class[stage].update(logits, targets)
+        self.confusion[stage].update(logits, targets)
 
     def count_hits(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add this batch's top-1 and top-5 hits to the training counters (device ops only, no host sync)."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from transferlab.inference import (
     IMAGE_AXES,
@@ -42,6 +42,7 @@ from transferlab.inference import (
 from transferlab.losses import PerceptualLoss, pixel_loss
 from transferlab.nets import build_network, network_class, takes
 from transferlab.tasks.base import TransferTask
+from transferlab.tasks.metrics import PSNR, MaskedPSNR, full_precision
 from transferlab.utils.config import to_plain
 from transferlab.utils.errors import UserError
 
@@ -50,8 +51,8 @@ CHANNELS = ("rgb", "y")
 
 def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
     """BT.601 luma of [0, 1] RGB, in [16/255, 235/255] (MATLAB's ``rgb2ycbcr``, as BasicSR computes PSNR-Y)."""
-    weights = images.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
-    return ((images * weights).sum(dim=1, keepdim=True) + 16.0) / 255.0
+    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]  # Python weights: no host→device copy
+    return (red * 65.481 + green * 128.553 + blue * 24.966 + 16.0) / 255.0
 
 
 class Inpainter(nn.Module):
@@ -141,14 +142,14 @@ class RestorationTask(TransferTask):
 
     def quality_metrics(self) -> MetricCollection:
         data_range = float(self.metric_cfg["data_range"])
-        per_image = {"reduction": "elementwise_mean", "dim": (1, 2, 3)}  # mean of per-image PSNRs
+        per_image = (1, 2, 3)  # the mean of per-image PSNRs
         metrics: dict[str, Any] = {
-            "psnr": PeakSignalNoiseRatio(data_range=data_range, **per_image),
+            "psnr": PSNR(data_range, dim=per_image),
             "ssim": StructuralSimilarityIndexMeasure(data_range=data_range),
-            "psnr_input": PeakSignalNoiseRatio(data_range=data_range, **per_image),
+            "psnr_input": PSNR(data_range, dim=per_image),
         }
         if self.mask_channel:
-            metrics["psnr_masked"] = PeakSignalNoiseRatio(data_range=data_range)  # over all missing pixels
+            metrics["psnr_masked"] = MaskedPSNR(data_range)  # over all missing pixels
         return MetricCollection(metrics, compute_groups=False)
 
     # -- model -------------------------------------------------------------------------------------
@@ -188,11 +189,14 @@ class RestorationTask(TransferTask):
         return ExportSpec(module, inputs, OUTPUT_IMAGE, dynamic, {"scale": self.scale})
 
     # -- metrics -----------------------------------------------------------------------------------
+    def crop(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` without their `crop_border` pixels on every side."""
+        border = int(self.metric_cfg["crop_border"])
+        return images[..., border:-border, border:-border] if border else images
+
     def for_metric(self, images: torch.Tensor) -> torch.Tensor:
         """Crop `crop_border`, pick the channel, scale to `data_range`: what PSNR/SSIM see."""
-        border = int(self.metric_cfg["crop_border"])
-        if border:
-            images = images[..., border:-border, border:-border]
+        images = self.crop(images)
         if self.metric_cfg["channel"] == "y":
             images = rgb_to_y(images)
         return images * float(self.metric_cfg["data_range"])
@@ -225,9 +229,11 @@ class RestorationTask(TransferTask):
         )
         return loss
 
+    @full_precision
     def update_quality(
         self, stage: str, degraded: torch.Tensor, restored: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor
     ) -> None:
+        """Add a batch to the stage's PSNR/SSIM (in float32 whatever the training precision)."""
         metrics = self.quality[stage]
         target = self.for_metric(clean)
         out, baseline = self.for_metric(restored), self.for_metric(self.upscaled_input(degraded, clean.shape[-2:]))
@@ -235,8 +241,7 @@ class RestorationTask(TransferTask):
         metrics["ssim"].update(out, target)
         metrics["psnr_input"].update(baseline, target)
         if self.mask_channel:
-            missing = self.for_metric(mask.expand_as(clean)) > 0
-            metrics["psnr_masked"].update(out[missing], target[missing])
+            metrics["psnr_masked"].update(out, target, self.crop(mask) > 0)  # the mask's pixels, in every channel
 
     def epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         """PSNR/SSIM (restored and input) over the epoch's validation/test images."""

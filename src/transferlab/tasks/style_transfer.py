@@ -177,7 +177,7 @@ class StyleTransferTask(StyleTask):
     def style_grams(self) -> dict[str, torch.Tensor]:
         """The style target: Gram matrices of the style images, averaged over images (computed once)."""
         if self._style_grams is None or next(iter(self._style_grams.values())).device != self.device:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # the target, in float32
                 features = self.loss_net(self.style_images.float() / 255)
             self._style_grams = {layer: gram_matrix(features[layer]).mean(0) for layer in self.style_layers}
         return self._style_grams
