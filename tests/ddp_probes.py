@@ -55,3 +55,15 @@ class NonFiniteLossOnRank(pl.Callback):
             return loss + float("nan") if trainer.global_step >= self.from_step else loss
 
         pl_module.training_step = nan_after
+
+
+class SkewedClockOnRank(pl.Callback):
+    """From the second epoch on, rank `rank` believes ``last.ckpt`` is overdue (as a rank whose clock runs ahead
+    would), while the others do not: writing it is collective, so the ranks must decide together."""
+
+    def __init__(self, rank: int = 1) -> None:
+        self.rank = rank
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank == self.rank and trainer.current_epoch >= 1:
+            trainer.checkpoint_callback._last_written_at = float("-inf")

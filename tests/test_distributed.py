@@ -101,23 +101,39 @@ def test_ddp_sim_ranks_augment_differently_and_train_acc_is_the_mean_over_ranks(
     assert metrics["train/acc"] == pytest.approx(0.5, abs=1e-6)
 
 
+def run_or_kill(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[int, str]:
+    """Run tl-train (2 DDP ranks) and return its exit code and output; fail the test, killing every rank, if it
+    has not ended within `timeout` seconds (far below gloo's 30-minute timeout: a hung collective)."""
+    log = tmp_path / "cli.log"
+    process = start_cli("tl-train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, log=log)
+    try:
+        returncode = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # SIGTERM would only ask Lightning to stop at a step's end
+        process.wait()
+        pytest.fail(f"the ranks hung:\n{log.read_text()[-3000:]}")
+    return returncode, log.read_text()
+
+
 @pytest.mark.slow
 def test_ddp_sim_non_finite_loss_on_one_rank_stops_every_rank_with_one_error(tmp_path: Path, monkeypatch) -> None:
     """Only rank 1's loss becomes NaN: both ranks stop at the same check and the user reads one error line, in
     seconds (a rank stopping alone would leave the other waiting in gloo for its 30-minute timeout)."""
     with_probes(monkeypatch)
     nan = ["+callbacks.nan._target_=ddp_probes.NonFiniteLossOnRank", "+callbacks.nan.rank=1"]
-    args = ["debug=tiny", "trainer=ddp_sim", "test=false", *nan, f"hydra.run.dir={tmp_path / 'run'}"]
-    log = tmp_path / "cli.log"
-    process = start_cli("tl-train", *args, cwd=tmp_path, log=log)
-    try:
-        returncode = process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        pytest.fail(f"the run hung after rank 1's NaN loss:\n{log.read_text()[-3000:]}")
-    output = log.read_text()
+    returncode, output = run_or_kill(tmp_path, "debug=tiny", "trainer=ddp_sim", "test=false", *nan)
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert returncode == 2, output[-3000:]
     # rank 1's loss is NaN from the step trained at global_step 2; the callback names steps after their update
     assert len(errors) == 1 and errors[0].startswith("error: the training loss became NaN/Inf at step 3"), errors
+
+
+@pytest.mark.slow
+def test_ddp_sim_ranks_agree_on_writing_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """Writing last.ckpt is collective (Lightning's save ends in a barrier): when one rank's clock says it is due and
+    the other's does not, rank 0 decides for both, and the run finishes instead of hanging in the barrier."""
+    with_probes(monkeypatch)
+    skew = ["+callbacks.skew._target_=ddp_probes.SkewedClockOnRank", "+callbacks.skew.rank=1"]
+    returncode, output = run_or_kill(tmp_path, "debug=tiny", "trainer=ddp_sim", "trainer.max_epochs=3", *skew)
+    assert returncode == 0, output[-3000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -97,9 +97,12 @@ class ModelCheckpoint(_ModelCheckpoint):
         self._last_written_step = -1
 
     def _last_is_due(self, trainer: pl.Trainer) -> bool:
+        """Whether to write ``last.ckpt`` now. Writing is collective under DDP (Lightning's save ends in a barrier),
+        so rank 0's clock decides for every rank: a rank deciding alone would wait in that barrier forever."""
         if not self.save_last or trainer.global_step == self._last_written_step:
             return False
-        return self._last_written_at is None or time.monotonic() - self._last_written_at >= self.last_every_s
+        due = self._last_written_at is None or time.monotonic() - self._last_written_at >= self.last_every_s
+        return bool(trainer.strategy.broadcast(due, src=0))
 
     def _write_last(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
