@@ -97,9 +97,12 @@ class ModelCheckpoint(_ModelCheckpoint):
         self._last_written_step = -1
 
     def _last_is_due(self, trainer: pl.Trainer) -> bool:
+        """Whether to write ``last.ckpt`` now. Writing is collective under DDP (Lightning's save ends in a barrier),
+        so rank 0's clock decides for every rank: a rank deciding alone would wait in that barrier forever."""
         if not self.save_last or trainer.global_step == self._last_written_step:
             return False
-        return self._last_written_at is None or time.monotonic() - self._last_written_at >= self.last_every_s
+        due = self._last_written_at is None or time.monotonic() - self._last_written_at >= self.last_every_s
+        return bool(trainer.strategy.broadcast(due, src=0))
 
     def _write_last(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -179,7 +182,13 @@ class StopOnNonFiniteLoss(pl.Callback):
     values anyway), and always before validation and at an epoch's end, that is before `ModelCheckpoint`
     (which Lightning runs after all other callbacks) could write the broken weights. The message names the
     first bad step; the run stops at the next check.
+
+    Under DDP the decision is collective: every rank reaches the checks at the same points and takes the
+    minimum of the ranks' first bad steps (one all-reduce of one number), so all ranks raise together. A rank
+    raising alone would leave the others waiting in their next collective until the backend's timeout.
     """
+
+    NONE = torch.iinfo(torch.long).max  # "no bad step yet": neutral for the minimum over ranks
 
     def __init__(self) -> None:
         self._first_bad: torch.Tensor | None = None
@@ -189,9 +198,9 @@ class StopOnNonFiniteLoss(pl.Callback):
         if not isinstance(loss, torch.Tensor):
             return
         if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, trainer.global_step, self._first_bad)
+            self._first_bad = torch.full((), self.NONE, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        self._first_bad = torch.where(bad, self._first_bad.clamp(max=trainer.global_step), self._first_bad)
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             self._check(trainer)
 
@@ -202,7 +211,10 @@ class StopOnNonFiniteLoss(pl.Callback):
         self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._first_bad is None or (step := int(self._first_bad)) < 0:
+        if self._first_bad is None:  # no training step yet, on any rank (sanity-check validation)
+            return
+        first_bad = trainer.strategy.reduce(self._first_bad.clone(), reduce_op="min")  # as is on one device
+        if (step := int(first_bad)) == self.NONE:
             return
         checkpoint = trainer.checkpoint_callback
         kept = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")

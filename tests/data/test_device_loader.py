@@ -60,3 +60,35 @@ def test_auto_device_path_falls_back_to_the_cpu_loader_for_a_custom_transform(ma
         else:
             with pytest.raises(UserError, match="GaussianBlur has no device-resident version"):
                 datamodule.train_dataloader()
+
+
+def flips_drawn(rank: int, seed: int, monkeypatch, epochs: int = 1, device: str = "cpu") -> torch.Tensor:
+    """Which images a rank's loader flipped, over `epochs` epochs, after seeding like `seed_everything` (the
+    default generators the same on every rank)."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+    torch.manual_seed(seed)  # seeds the CUDA generators too
+    count = 64
+    images = torch.arange(2, dtype=torch.uint8).view(1, 1, 1, 2).expand(count, 3, 1, 2).contiguous()  # [0, 1] rows
+    images = images.to(device)
+    augment = device_augment_from(v2.RandomHorizontalFlip())
+    ranked = DeviceBatchLoader(images, torch.zeros(count, device=device), 8, True, augment, rank, world_size=2)
+    return torch.cat([batch[:, 0, 0, 0] == 1 for _ in range(epochs) for batch, _ in ranked]).cpu()
+
+
+def test_augmentation_differs_across_ranks_and_repeats_for_a_seed(monkeypatch) -> None:
+    """Each rank draws its own flips (not the default generator, seeded alike on all ranks); a seed repeats them."""
+    rank0, rank1 = flips_drawn(0, 0, monkeypatch), flips_drawn(1, 0, monkeypatch)
+    assert not torch.equal(rank0, rank1)
+    assert torch.equal(rank0, flips_drawn(0, 0, monkeypatch))
+    assert not torch.equal(rank0, flips_drawn(0, 1, monkeypatch))
+    two_epochs = flips_drawn(0, 0, monkeypatch, epochs=2)
+    assert not torch.equal(two_epochs[: len(rank0)], two_epochs[len(rank0) :]), "a new draw every epoch"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU box with -m gpu)")
+def test_augmentation_on_cuda_draws_per_rank_from_a_cuda_generator(monkeypatch) -> None:
+    """On a GPU the augmentation's generator lives on the images' device (a CPU generator would fail there)."""
+    rank0, rank1 = (flips_drawn(rank, 0, monkeypatch, device="cuda") for rank in (0, 1))
+    assert not torch.equal(rank0, rank1)
+    assert torch.equal(rank0, flips_drawn(0, 0, monkeypatch, device="cuda"))

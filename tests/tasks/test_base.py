@@ -161,3 +161,55 @@ def test_configured_fused_optimizer_with_clipping_under_mixed_precision_is_refus
     message = str(err.value)
     assert "model.optimizer.fused=true" in message and "trainer.gradient_clip_val" in message
     assert "\n" not in message
+
+
+class BuffersUnchanged(pl.Callback):
+    """Records every registered buffer a training step changed, BatchNorm running statistics excepted.
+
+    DDP broadcasts a module's buffers from rank 0 before each forward: a buffer a step writes into (a counter,
+    an accumulator) would hold rank 0's value on every rank. BatchNorm statistics are the legitimate case."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, torch.Tensor] = {}
+        self.changed: set[str] = set()
+
+    @staticmethod
+    def buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        batchnorm = {
+            f"{name}.{buffer}" if name else buffer
+            for name, m in module.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for buffer, _ in m.named_buffers(recurse=False)
+        }
+        return {name: b.detach().clone() for name, b in module.named_buffers() if name not in batchnorm}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        self.before = self.buffers(pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        after = self.buffers(pl_module)
+        before = self.before
+        self.changed |= {name for name in after if name not in before or not torch.equal(after[name], before[name])}
+
+
+@pytest.mark.parametrize("kind", ["classify", "denoise", "inpaint", "stylize", "adain"])
+def test_no_task_buffer_changes_in_a_training_step(make_cfg, kind: str) -> None:
+    """What a training step accumulates lives outside the registered buffers, so DDP cannot overwrite it."""
+    from conftest import TINY_MODELS
+
+    cfg = make_cfg(*TINY_MODELS[kind], "trainer.max_steps=2", "trainer.limit_val_batches=0", "test=false", tiny=False)
+    datamodule = build(cfg.data, "data")
+    model = build(cfg.model, "model", **datamodule.task_args())
+    watch = BuffersUnchanged()
+    pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[watch],
+    ).fit(model, datamodule=datamodule)
+    assert watch.before, "the model has buffers to watch"
+    assert not watch.changed, f"a training step wrote into registered buffers: {sorted(watch.changed)}"

@@ -4,7 +4,9 @@ A small dataset (CIFAR: 150 MB as uint8) fits in GPU memory many times over; kee
 DataLoader workers, host-side per-sample transforms and host→device copies from every step. Each epoch
 draws one permutation (identical on every DDP rank, from the run's seed and the epoch number), each rank
 takes a disjoint shard, and the augmentation preset runs per sample, vectorised over the whole batch on the
-device (`transferlab.data.device_augment`).
+device (`transferlab.data.device_augment`), drawing from its own device generator seeded from (seed, rank,
+epoch): `seed_everything` seeds the default generator identically on every rank, so drawing from it would
+give every rank the same crops and flips.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from transferlab.data.device_augment import DeviceAugment, device_augment_from
 
 __all__ = ["DeviceAugment", "DeviceBatchLoader", "device_augment_from"]  # the augment lives in device_augment
+
+_MIX = 1_000_003  # a prime: (seed, rank, epoch) map to distinct generator seeds for any realistic rank and epoch
 
 
 class DeviceBatchLoader:
@@ -59,10 +63,17 @@ class DeviceBatchLoader:
         order = order[:total] if total <= count else torch.cat([order, order[: total - count]])
         return order[self.rank :: self.world_size].to(self.images.device, non_blocking=True)
 
+    def augment_generator(self) -> torch.Generator:
+        """This rank's generator for this epoch's augmentation, on the images' device: reproducible for a seed,
+        different on every rank and every epoch (the default generator is seeded alike on all ranks)."""
+        seed = ((self.seed * _MIX + self.rank) * _MIX + self.epoch) % 2**63
+        return torch.Generator(device=self.images.device).manual_seed(seed)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = self._indices()
+        generator = self.augment_generator() if self.augment else None
         self.epoch += 1
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = indices[start : start + self.batch_size]
             images = self.images[batch]
-            yield (self.augment(images) if self.augment else images), self.targets[batch]
+            yield (self.augment(images, generator) if self.augment else images), self.targets[batch]

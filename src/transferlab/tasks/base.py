@@ -218,7 +218,10 @@ class TransferTask(pl.LightningModule, abc.ABC):
         sums, count = self._loss_sums.pop(stage, {}), self._loss_counts.pop(stage, 0)
         values = {f"{stage}/{name}": total / count for name, total in sums.items()} if count else {}
         values.update(self.epoch_metrics(stage))
-        if values:  # metrics are synchronised by torchmetrics already, so the cross-rank mean leaves them as they are
+        # One all-reduce per value per epoch: the cross-rank mean of per-rank loss means and of per-rank counters
+        # (train/acc: ranks train on equally many samples); torchmetrics values are synchronised already, and
+        # their mean over ranks leaves them as they are.
+        if values:
             self.log_dict(values, sync_dist=True)
         self.end_of_epoch(stage)
         if stage == "val" and self._grid is not None:

@@ -79,7 +79,9 @@ class ClassificationTask(TransferTask):
         self.metrics = nn.ModuleDict({f"{s}_metrics": self._metrics(num_classes) for s in ("val", "test")})
         # Training accuracy as two device counters (top-1, top-k hits): a torchmetrics update costs ~0.2 ms of
         # host time per metric per step (BENCHMARKS.md); evaluation keeps torchmetrics (it also gives per-class).
-        self.register_buffer("train_hits", torch.zeros(2), persistent=False)
+        # A plain attribute, not a buffer: DDP broadcasts buffers from rank 0 before every forward, which would
+        # replace each rank's count with rank 0's. Made on the logits' device at the epoch's first step.
+        self.train_hits: torch.Tensor | None = None
         self.train_seen = 0
         self.per_class = nn.ModuleDict({s: PerClassAccuracy(num_classes) for s in ("val", "test")})
         self.confusion = nn.ModuleDict({s: ConfusionMatrix(num_classes, validate_args=False) for s in ("val", "test")})
@@ -145,16 +147,20 @@ class ClassificationTask(TransferTask):
     def count_hits(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add this batch's top-1 and top-5 hits to the training counters (device ops only, no host sync)."""
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == targets[:, None]
-        self.train_hits += torch.stack((top[:, 0].sum(), top.any(dim=-1).sum()))
+        hits = torch.stack((top[:, 0].sum(), top.any(dim=-1).sum())).float()
+        self.train_hits = hits if self.train_hits is None else self.train_hits.add_(hits)
         self.train_seen += len(targets)
 
     def train_accuracy(self) -> dict[str, torch.Tensor]:
-        """``train/acc`` (and ``train/acc_top5`` with ≥ 5 classes) of the epoch; resets the counters."""
+        """This rank's ``train/acc`` (and ``train/acc_top5`` with ≥ 5 classes) of the epoch; resets the counters.
+
+        Under DDP every rank trains on equally many samples, so the mean over ranks that `_log_epoch` takes
+        (``sync_dist``, one all-reduce per epoch) is the accuracy over all of them."""
         values = {}
-        if self.train_seen:
+        if self.train_seen and self.train_hits is not None:
             acc = self.train_hits / self.train_seen
             values = {"train/acc": acc[0], **({"train/acc_top5": acc[1]} if self.hparams.num_classes >= 5 else {})}
-        self.train_hits.zero_()
+        self.train_hits = None
         self.train_seen = 0
         return values
 

@@ -227,6 +227,13 @@ def check_relations(cfg: DictConfig) -> None:
         low, high = trainer.get("min_epochs"), trainer.get("max_epochs")
         if isinstance(low, int) and isinstance(high, int) and high >= 0 and low > high:
             raise UserError(f"trainer.min_epochs={low} exceeds trainer.max_epochs={high}. Lower min_epochs")
+        compile_mode = OmegaConf.select(cfg, "model.compile", default=None)
+        if trainer.get("sync_batchnorm") is True and compile_mode:
+            # SyncBatchNorm gathers statistics with a host sync per layer per step, which breaks the compiled graph
+            raise UserError(
+                f"trainer.sync_batchnorm=true cannot run with model.compile={compile_mode}: SyncBatchNorm breaks the "
+                "compiled graph at every BatchNorm layer. Set trainer.sync_batchnorm=false or model.compile=null"
+            )
     check_compile_with_accumulation(cfg)
     if "train" in cfg and "test" in cfg and not (cfg.train or cfg.test):
         raise UserError("both train=false and test=false: nothing to do. Enable one of them")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -62,7 +64,28 @@ def report_user_errors(fn: F) -> F:
             user_error = find_user_error(err)
             if user_error is None:
                 raise
-            print(f"error: {one_line(user_error)}", file=sys.stderr, flush=True)
+            message = f"error: {one_line(user_error)}"
+            if process_rank() == 0:
+                print(message, file=sys.stderr, flush=True)
+            else:  # DDP ranks fail together (same config, collective checks): rank 0 says it once
+                _to_log_files(message)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def process_rank() -> int:
+    """This process's global rank: Lightning's (set from the strategy once it runs), else the launcher's env."""
+    rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")
+    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    if rank is None:
+        rank = next((os.environ[name] for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if name in os.environ), 0)
+    return int(rank)
+
+
+def _to_log_files(message: str) -> None:
+    """Write `message` into the job's log files only (a DDP child rank's ``train_rank<N>.log``), not the console."""
+    record = logging.LogRecord("transferlab", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
