@@ -389,3 +389,62 @@ def test_imagefolder_config_resolves_its_size_from_the_folder(tmp_path: Path, ma
     with pytest.raises(Exception) as err:  # a missing root is the one-line data error, also when resolving
         _ = make_cfg("data=imagefolder", f"data.root={tmp_path / 'nope'}", tiny=False).data.image_size
     assert find_user_error(err.value) is not None and "does not exist" in str(find_user_error(err.value))
+
+
+# -- DDP without loader workers: each rank augments with its own random stream -------------------------------
+class RandomSample(torch.utils.data.Dataset):
+    """Each item is a fresh draw from torch's global RNG, as a random transform's parameters are."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(4)
+
+
+def test_rank_seeded_samples_differ_across_ranks_repeat_for_a_seed_and_leave_the_global_rng() -> None:
+    from transferlab.data.base import RankSeededSamples
+
+    epoch = [0]
+
+    def sample(rank: int, seed: int = 0, index: int = 3) -> torch.Tensor:
+        return RankSeededSamples(RandomSample(), seed, rank, lambda: epoch[0])[index]
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = sample(0)
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG (which draws the shuffle) was moved"
+    assert torch.equal(sample(0), first)  # a seeded run repeats
+    assert not torch.equal(sample(1), first)  # another rank draws its own
+    assert not torch.equal(sample(0, seed=1), first) and not torch.equal(sample(0, index=4), first)
+    epoch[0] = 1
+    assert not torch.equal(sample(0), first)  # and each epoch anew
+
+
+def test_ddp_ranks_without_workers_augment_differently_but_shuffle_alike() -> None:
+    """The CPU DataLoader path under 2-rank DDP with ``num_workers=0``: rank 0 and rank 1 see the same image index
+    augmented differently, while the shuffle both draw (and Lightning shards) is the same permutation."""
+    from types import SimpleNamespace
+
+    def rank_loader(rank: int) -> torch.utils.data.DataLoader:
+        flip_crop = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()])
+        datamodule = make_data(
+            ShapesDataModule, "shapes", train_size=40, batch_size=4, on_gpu=False, num_workers=0, augment=flip_crop
+        )
+        datamodule.trainer = SimpleNamespace(
+            world_size=2, global_rank=rank, current_epoch=0, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+        )
+        datamodule.setup("fit")
+        return datamodule.train_dataloader()
+
+    loaders = [rank_loader(rank) for rank in (0, 1)]
+    for index in range(4):  # (a crop and flip can coincide by chance for one image: 1 in 162)
+        images = [loader.dataset[index][0] for loader in loaders]
+        assert torch.equal(loaders[0].dataset[index][0], images[0])  # reproducible on a rank
+    differing = sum(not torch.equal(*(loader.dataset[index][0] for loader in loaders)) for index in range(4))
+    assert differing >= 3, "both ranks drew the same crops and flips"
+    orders = []
+    for loader in loaders:
+        torch.manual_seed(0)  # seed_everything seeds every rank alike
+        orders.append(list(loader.sampler))
+    assert orders[0] == orders[1]

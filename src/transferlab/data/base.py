@@ -14,6 +14,7 @@ which keeps host work and host→device traffic at a quarter of float32.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,28 @@ class Transformed(Dataset):
         if image is None:  # an unreadable file the loader skipped (`images.SkippingLoader`)
             return None
         return (self.transform(image) if self.transform else image), target
+
+
+class RankSeededSamples(Dataset):
+    """`dataset` whose random transforms draw, per sample, from torch's RNG seeded by (run seed, rank, epoch, index)
+    inside a fork of the RNG.
+
+    Under DDP with no loader workers the transforms run in the training process and draw from the global RNG,
+    which `seed_everything` seeds alike on every rank: every rank would augment alike. The global RNG cannot simply
+    be re-seeded per rank, because the shuffle (`SeededShuffle`) draws each epoch's permutation from it and the
+    ranks' shards are disjoint only while that permutation is the same on all of them. Forking leaves it untouched.
+    (With workers, Lightning already seeds each worker from the rank.)"""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int, epoch: Callable[[], int]) -> None:
+        self.dataset, self.seed, self.rank, self.epoch = dataset, seed, rank, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.rank, self.epoch(), index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            return self.dataset[index]
 
 
 def collate_readable(batch: list[Any]) -> Any:
@@ -236,6 +259,9 @@ class BatchedDataModule(pl.LightningDataModule):
         }
         if not shuffle:
             return DataLoader(dataset, **options)
+        if workers == 0 and self.trainer is not None and self.trainer.world_size > 1:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything, equal on every rank
+            dataset = RankSeededSamples(dataset, seed, self.trainer.global_rank, self._current_epoch)
         self._train_loader = ResumableLoader(  # training: resumable mid-epoch
             dataset,
             shuffle=True,
