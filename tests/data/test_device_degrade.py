@@ -462,6 +462,17 @@ def same_distribution(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((cdf_a - cdf_b).abs().max() < 1.95 * ((len(a) + len(b)) / (len(a) * len(b))) ** 0.5)
 
 
+def test_the_cuda_comparison_tells_blind_noise_from_fixed_noise_of_equal_mean() -> None:
+    """The check the CUDA test applies, on CPU draws: two blind-noise samples agree; blind noise (σ∈[5,50]) and
+    σ=25 noise, whose mean PSNRs differ by about 0.5 dB (within ±1 dB), do not."""
+    presets = {path.stem: DeviceDegrade.from_degrade(build_preset(path)) for path in PRESETS}
+    clean = photo_patches(1024)
+    blind, blind_again = (patch_psnrs(presets["blind_noise"](clean, seeded(seed))[0], clean) for seed in (0, 1))
+    fixed = patch_psnrs(presets["gaussian_noise"](clean, seeded(2))[0], clean)
+    assert same_distribution(blind, blind_again)
+    assert abs(blind.mean() - fixed.mean()) < 1.0 and not same_distribution(blind, fixed)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.stem)
