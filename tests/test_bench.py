@@ -126,3 +126,15 @@ def test_raw_epoch_is_timed_after_a_warm_up(tmp_path: Path, monkeypatch: pytest.
     assert epoch.warmup == 2  # warm-up steps first (raw_rate synchronises before its timed window)
     assert epoch.steps * 16 == pytest.approx(seconds * 1000.0)  # then one whole epoch of the training split
     assert epoch.steps >= 10
+
+
+@pytest.mark.parametrize(
+    ("markexpr", "alone"),
+    [("gpu", True), (" gpu and not slow ", True), ("", False), ("not gpu", False), ("slow or gpu", False)],
+)
+def test_gpu_tests_run_only_when_selected_alone(markexpr: str, alone: bool) -> None:
+    """`pytest -m gpu` (what the first-contact script runs) runs the GPU tests in a process of their own; any other
+    selection skips them, so CUDA state never mixes with the CPU tests'."""
+    from conftest import _selects_only_gpu_tests
+
+    assert _selects_only_gpu_tests(markexpr) is alone
