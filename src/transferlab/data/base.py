@@ -209,6 +209,7 @@ class BatchedDataModule(pl.LightningDataModule):
         self.bad_files = BadFiles("skip")  # datamodules that read files take data.on_bad_file
         self._train_loader: ResumableLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
+        self._fits_on_device: bool | None = None  # the size check, made once at the first loader
         self._splits: dict[str, Dataset] = {}
 
     def record_skipped_files_in(self, folder: Path) -> None:
@@ -228,6 +229,17 @@ class BatchedDataModule(pl.LightningDataModule):
         """Makes a decoded image file (uint8 RGB, any size) into an input like this data's test images, for
         ``tl-predict``; by default the file as it is (image-to-image tasks take any size)."""
         return _unchanged
+
+    def device_bytes(self) -> int:
+        """What the device path would upload for the whole run (subclasses with a device path say)."""
+        raise NotImplementedError
+
+    def fits_on_device(self, device: torch.device, what: str) -> bool:
+        """`device_memory.keep_on_device` for `device_bytes` (`what` names the data in its message), decided once
+        per run, at the first loader."""
+        if self._fits_on_device is None:
+            self._fits_on_device = keep_on_device(self.device_bytes(), device, bool(self.on_gpu), what)
+        return self._fits_on_device
 
     def training_device(self) -> torch.device:
         """The device this rank trains on (the CPU before a trainer is attached)."""
@@ -334,7 +346,6 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         self.classes: list[str] = []
         self._sources: dict[str, tuple[Dataset, list[int] | None]] = {}
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._fits_on_device: bool | None = None  # the size check, made once at the first loader
 
     # -- what subclasses provide -------------------------------------------------------------------
     @abc.abstractmethod
@@ -394,10 +405,7 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         device = self.training_device()
         if self.on_gpu is False or (self.on_gpu is None and not (in_memory and device.type == "cuda")):
             return False
-        if self._fits_on_device is None:
-            what = "the dataset (train, validation and test images)"
-            self._fits_on_device = keep_on_device(self.device_bytes(), device, bool(self.on_gpu), what)
-        return self._fits_on_device
+        return self.fits_on_device(device, "the dataset (train, validation and test images)")
 
     def device_bytes(self) -> int:
         """What the device path uploads for the whole run: every split's images and targets, as stored."""

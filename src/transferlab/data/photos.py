@@ -30,7 +30,6 @@ from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.data.base import BatchedDataModule
 from transferlab.data.degradations import Degrade
 from transferlab.data.device_degrade import DeviceDegrade
-from transferlab.data.device_memory import keep_on_device
 from transferlab.data.device_patches import DevicePatchLoader, FixedBatchLoader, PhotoBank
 from transferlab.data.images import BadFiles, UnreadableImage, decode_rgb, image_files
 from transferlab.utils.errors import UserError
@@ -219,7 +218,6 @@ class PhotoDataModule(BatchedDataModule):
         self.split_photos: dict[str, list[torch.Tensor]] = {}  # the photos themselves, as decoded
         self._train_photos: list[torch.Tensor] = []
         self._on_device: dict[str, Any] = {}
-        self._fits_on_device: bool | None = None  # the size check, made once at the first loader
 
     def task_args(self) -> dict[str, Any]:
         """Restoration models learn the up-scale factor and mask channel from the degradations."""
@@ -261,10 +259,7 @@ class PhotoDataModule(BatchedDataModule):
         device = self.training_device()
         if self.on_gpu is False or (self.on_gpu is None and device.type != "cuda"):
             return False
-        if self._fits_on_device is None:
-            what = "the photos (training photos, validation and test patches)"
-            self._fits_on_device = keep_on_device(self.device_bytes(), device, bool(self.on_gpu), what)
-        return self._fits_on_device
+        return self.fits_on_device(device, "the photos (training photos, validation and test patches)")
 
     def device_bytes(self) -> int:
         """What the device path uploads: the training photos as decoded (upscaled where smaller than a patch) and
