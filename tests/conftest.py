@@ -133,9 +133,10 @@ def fit_briefly(
     steps: int = 3,
     accelerator: str = "cpu",
     precision: str = "32-true",
+    callbacks: list[pl.Callback] | None = None,
 ) -> pl.Trainer:
     """A few training steps and one validation batch, with nothing written to disk (CPU fp32 unless asked for
-    another accelerator and precision: the GPU tests pass ``"gpu"``, ``"bf16-mixed"``)."""
+    another accelerator and precision: the GPU tests pass ``"gpu"``, ``"bf16-mixed"``), watched by `callbacks`."""
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -147,6 +148,7 @@ def fit_briefly(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=callbacks,
     )
     trainer.fit(model, datamodule=datamodule)
     return trainer

@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import HostReads
+from conftest import HostReads, fit_briefly
 from transferlab.runner import build, build_trainer, instantiate_named
 from transferlab.tasks import base
 from transferlab.tasks.base import fused_if_supported
@@ -201,15 +201,6 @@ def test_no_task_buffer_changes_in_a_training_step(make_cfg, kind: str) -> None:
     datamodule = build(cfg.data, "data")
     model = build(cfg.model, "model", **datamodule.task_args())
     watch = BuffersUnchanged()
-    pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[watch],
-    ).fit(model, datamodule=datamodule)
+    fit_briefly(model, datamodule, steps=2, callbacks=[watch])
     assert watch.before, "the model has buffers to watch"
     assert not watch.changed, f"a training step wrote into registered buffers: {sorted(watch.changed)}"

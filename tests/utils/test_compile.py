@@ -172,20 +172,9 @@ def test_cuda_graph_steps_train_and_validate_with_a_grid(make_cfg, model: str) -
             if module._grid is not None:
                 shown.append(torch.cat([c.float().cpu() for c in module._grid[1]]))  # reading it must not raise
 
-    trainer = pl.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_epochs=2,
-        limit_train_batches=4,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[KeepGrid()],
+    trainer = fit_briefly(
+        task, datamodule, epochs=2, steps=4, accelerator="gpu", precision="bf16-mixed", callbacks=[KeepGrid()]
     )
-    trainer.fit(task, datamodule=datamodule)
     modules = task.compiled_modules()
     assert all(m.forward.compiled is not None for m in modules), "a module fell back to eager"
     assert shown and all(torch.isfinite(grid).all() for grid in shown)
