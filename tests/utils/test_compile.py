@@ -102,7 +102,14 @@ def test_gradient_accumulation_under_cuda_graphs_is_refused_before_training(
         check_values(cfg)
     datamodule = build(cfg.data, "data")  # a task fitted through the Python API, past the config check
     task = build(cfg.model, "model", **datamodule.task_args())
-    trainer = pl.Trainer(accelerator="cpu", accumulate_grad_batches=accumulate, max_steps=1, logger=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        accumulate_grad_batches=accumulate,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
     with pytest.raises(UserError, match=message):
         trainer.fit(task, datamodule=datamodule)
 
