@@ -31,6 +31,7 @@ from transferlab.data.device_memory import keep_on_device
 from transferlab.data.images import BadFiles
 from transferlab.data.resumable import ResumableLoader
 from transferlab.utils.errors import UserError, one_line
+from transferlab.utils.seeding import stream_seed
 from transferlab.utils.threads import loader_workers
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -101,7 +102,7 @@ class RankSeededSamples(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.rank, self.epoch(), index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            torch.manual_seed(stream_seed(self.seed, self.rank, self.epoch(), index))
             return self.dataset[index]
 
 
@@ -230,15 +231,11 @@ class BatchedDataModule(pl.LightningDataModule):
         ``tl-predict``; by default the file as it is (image-to-image tasks take any size)."""
         return _unchanged
 
-    def device_bytes(self) -> int:
-        """What the device path would upload for the whole run (subclasses with a device path say)."""
-        raise NotImplementedError
-
-    def fits_on_device(self, device: torch.device, what: str) -> bool:
-        """`device_memory.keep_on_device` for `device_bytes` (`what` names the data in its message), decided once
-        per run, at the first loader."""
+    def fits_on_device(self, device: torch.device, what: str, nbytes: Callable[[], int], forced: bool) -> bool:
+        """`device_memory.keep_on_device` for data of `nbytes()` bytes (`what` names it in the message; `forced`:
+        ``data.on_gpu=true``), decided once per run, at the first loader."""
         if self._fits_on_device is None:
-            self._fits_on_device = keep_on_device(self.device_bytes(), device, bool(self.on_gpu), what)
+            self._fits_on_device = keep_on_device(nbytes(), device, forced, what)
         return self._fits_on_device
 
     def training_device(self) -> torch.device:
@@ -405,7 +402,8 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         device = self.training_device()
         if self.on_gpu is False or (self.on_gpu is None and not (in_memory and device.type == "cuda")):
             return False
-        return self.fits_on_device(device, "the dataset (train, validation and test images)")
+        what = "the dataset (train, validation and test images)"
+        return self.fits_on_device(device, what, self.device_bytes, bool(self.on_gpu))
 
     def device_bytes(self) -> int:
         """What the device path uploads for the whole run: every split's images and targets, as stored."""

@@ -17,10 +17,9 @@ from collections.abc import Iterator
 import torch
 
 from transferlab.data.device_augment import DeviceAugment, device_augment_from
+from transferlab.utils.seeding import stream_seed
 
 __all__ = ["DeviceAugment", "DeviceBatchLoader", "device_augment_from"]  # the augment lives in device_augment
-
-_MIX = 1_000_003  # a prime: (seed, rank, epoch) map to distinct generator seeds for any realistic rank and epoch
 
 
 class DeviceBatchLoader:
@@ -66,8 +65,7 @@ class DeviceBatchLoader:
     def augment_generator(self) -> torch.Generator:
         """This rank's generator for this epoch's augmentation, on the images' device: reproducible for a seed,
         different on every rank and every epoch (the default generator is seeded alike on all ranks)."""
-        seed = ((self.seed * _MIX + self.rank) * _MIX + self.epoch) % 2**63
-        return torch.Generator(device=self.images.device).manual_seed(seed)
+        return torch.Generator(device=self.images.device).manual_seed(stream_seed(self.seed, self.rank, self.epoch))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = self._indices()

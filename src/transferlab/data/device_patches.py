@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from transferlab.utils.seeding import stream_seed
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -69,7 +71,7 @@ class DevicePatchLoader:
     ) -> None:
         self.bank, self.patch_size, self.batch_size, self.degrade = bank, patch_size, batch_size, degrade
         self.batches = max(1, (length // world_size) // batch_size)
-        self.generator = torch.Generator(device=bank.data.device).manual_seed(seed * 1_000_003 + rank)
+        self.generator = torch.Generator(device=bank.data.device).manual_seed(stream_seed(seed, rank))
 
     def __len__(self) -> int:
         return self.batches

@@ -259,7 +259,8 @@ class PhotoDataModule(BatchedDataModule):
         device = self.training_device()
         if self.on_gpu is False or (self.on_gpu is None and device.type != "cuda"):
             return False
-        return self.fits_on_device(device, "the photos (training photos, validation and test patches)")
+        what = "the photos (training photos, validation and test patches)"
+        return self.fits_on_device(device, what, self.device_bytes, bool(self.on_gpu))
 
     def device_bytes(self) -> int:
         """What the device path uploads: the training photos as decoded (upscaled where smaller than a patch) and

@@ -222,27 +222,21 @@ def check_relations(cfg: DictConfig) -> None:
             f"tile={tile} is too small for overlap={overlap}: each tile must be larger than twice the overlap. "
             "Raise tile or lower overlap"
         )
+    compile_mode = OmegaConf.select(cfg, "model.compile", default=None)
     trainer = cfg.get("trainer")
     if isinstance(trainer, DictConfig):
         low, high = trainer.get("min_epochs"), trainer.get("max_epochs")
         if isinstance(low, int) and isinstance(high, int) and high >= 0 and low > high:
             raise UserError(f"trainer.min_epochs={low} exceeds trainer.max_epochs={high}. Lower min_epochs")
-        compile_mode = OmegaConf.select(cfg, "model.compile", default=None)
         if trainer.get("sync_batchnorm") is True and compile_mode:
             # SyncBatchNorm gathers statistics with a host sync per layer per step, which breaks the compiled graph
             raise UserError(
                 f"trainer.sync_batchnorm=true cannot run with model.compile={compile_mode}: SyncBatchNorm breaks the "
                 "compiled graph at every BatchNorm layer. Set trainer.sync_batchnorm=false or model.compile=null"
             )
-    check_compile_with_accumulation(cfg)
+    refuse_cuda_graph_accumulation(compile_mode, OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1))
     if "train" in cfg and "test" in cfg and not (cfg.train or cfg.test):
         raise UserError("both train=false and test=false: nothing to do. Enable one of them")
-
-
-def check_compile_with_accumulation(cfg: DictConfig) -> None:
-    """`refuse_cuda_graph_accumulation` on the config, before anything is built."""
-    mode = OmegaConf.select(cfg, "model.compile", default=None)
-    refuse_cuda_graph_accumulation(mode, OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1))
 
 
 def refuse_cuda_graph_accumulation(mode: Any, steps: Any) -> None:
