@@ -173,6 +173,8 @@ class ModelCheckpoint(_ModelCheckpoint):
 class NonFiniteLoss(UserError):
     """Training produced a NaN/Inf loss; the run stopped before any checkpoint could store broken weights."""
 
+    job_outcome = "diverged"  # how a sweep records the job (transferlab.sweeps), and tl-report shows it
+
 
 class StopOnNonFiniteLoss(pl.Callback):
     """Stop the run at the first NaN or Inf training loss, and keep the last good checkpoint.

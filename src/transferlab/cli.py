@@ -72,6 +72,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
     import hydra
     from omegaconf.errors import MissingMandatoryValue
 
+    from transferlab.sweeps import sweep_job
     from transferlab.utils.config import config_dir
 
     def wrap(run: Callable[[Any], Any]) -> Callable[[], Any]:
@@ -87,7 +88,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
                 raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
 
         return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
-            report_user_errors(isolated_job(checked))
+            report_user_errors(sweep_job(isolated_job(checked)))
         )
 
     return wrap

@@ -12,6 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 # What a run directory holds.
+FAILED_FILE = "failed.json"  # a sweep job that raised: its one-line reason and log (transferlab.sweeps)
 METRICS_FILE = "metrics.json"  # a run's results, written last (atomically): its presence marks the run finished
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

@@ -68,7 +68,7 @@ def report_user_errors(fn: F) -> F:
             if process_rank() == 0:
                 print(message, file=sys.stderr, flush=True)
             else:  # DDP ranks fail together (same config, collective checks): rank 0 says it once
-                _to_log_files(message)
+                to_log_files(message)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
@@ -83,7 +83,7 @@ def process_rank() -> int:
     return int(rank)
 
 
-def _to_log_files(message: str) -> None:
+def to_log_files(message: str) -> None:
     """Write `message` into the job's log files only (a DDP child rank's ``train_rank<N>.log``), not the console."""
     record = logging.LogRecord("transferlab", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
