@@ -44,6 +44,16 @@ def ensure_installed() -> None:
     run("apt-get", "install", "-y", "-q", *PACKAGES, timeout=900, env=env)
 
 
+def ensure_munged() -> None:
+    """munged runs (one for the machine: its socket in /run/munge serves every cluster and network namespace)."""
+    if run("pgrep", "-x", "munged", check=False).strip() == "":
+        key = Path("/etc/munge/munge.key")
+        if not key.exists():
+            run("mungekey", "--create", "--force")
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        run("munged", "--force", "--num-threads=2")
+
+
 class SlurmCluster:
     """slurmctld + slurmd for this host, configured under `root`; `env` is what clients need (SLURM_CONF)."""
 
@@ -54,54 +64,50 @@ class SlurmCluster:
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def write_config(self) -> None:
-        cpus = os.cpu_count() or 1
         for folder in ("state", "spool", "log", "run"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            "\n".join(
-                [
-                    "ClusterName=transferlab",
-                    f"SlurmctldHost={self.host}",
-                    "SlurmUser=root",
-                    "SlurmdUser=root",
-                    "AuthType=auth/munge",
-                    f"StateSaveLocation={self.root / 'state'}",
-                    f"SlurmdSpoolDir={self.root / 'spool'}",
-                    f"SlurmctldPidFile={self.root / 'run' / 'slurmctld.pid'}",
-                    f"SlurmdPidFile={self.root / 'run' / 'slurmd.pid'}",
-                    f"SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}",
-                    f"SlurmdLogFile={self.root / 'log' / 'slurmd.log'}",
-                    "SlurmctldPort=6817",
-                    "SlurmdPort=6818",
-                    "ProctrackType=proctrack/linuxproc",
-                    "TaskPlugin=task/none",
-                    "SelectType=select/cons_tres",
-                    "SelectTypeParameters=CR_CPU",
-                    "MpiDefault=none",
-                    "ReturnToService=2",
-                    "SchedulerType=sched/backfill",
-                    "AccountingStorageType=accounting_storage/none",
-                    "JobAcctGatherType=jobacct_gather/none",
-                    "JobCompType=jobcomp/none",
-                    "KillWait=30",
-                    "MinJobAge=3600",  # finished jobs stay visible to scontrol for the tests
-                    "SchedulerParameters=bf_interval=1,sched_min_interval=100000",
-                    f"NodeName={self.host} CPUs={cpus} State=UNKNOWN",
-                    f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO",
-                    "",
-                ]
-            )
-        )
+        settings = [f"{key}={value}" for key, value in self.settings().items()]
+        partition = f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
+        self.conf.write_text("\n".join([*settings, *self.node_lines(), partition, ""]))
+
+    def settings(self) -> dict[str, str]:
+        """slurm.conf's cluster-wide settings (a subclass changes some: tests/slurm/two_nodes.py)."""
+        return {
+            "ClusterName": "transferlab",
+            "SlurmctldHost": self.host,
+            "SlurmUser": "root",
+            "SlurmdUser": "root",
+            "AuthType": "auth/munge",
+            "StateSaveLocation": str(self.root / "state"),
+            "SlurmdSpoolDir": str(self.root / "spool"),
+            "SlurmctldPidFile": str(self.root / "run" / "slurmctld.pid"),
+            "SlurmdPidFile": str(self.root / "run" / "slurmd.pid"),
+            "SlurmctldLogFile": str(self.root / "log" / "slurmctld.log"),
+            "SlurmdLogFile": str(self.root / "log" / "slurmd.log"),
+            "SlurmctldPort": "6817",
+            "SlurmdPort": "6818",
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_CPU",
+            "MpiDefault": "none",
+            "ReturnToService": "2",
+            "SchedulerType": "sched/backfill",
+            "AccountingStorageType": "accounting_storage/none",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "JobCompType": "jobcomp/none",
+            "KillWait": "30",
+            "MinJobAge": "3600",  # finished jobs stay visible to scontrol for the tests
+            "SchedulerParameters": "bf_interval=1,sched_min_interval=100000",
+        }
+
+    def node_lines(self) -> list[str]:
+        return [f"NodeName={self.host} CPUs={os.cpu_count() or 1} State=UNKNOWN"]
 
     def start(self, timeout: float = 60) -> None:
         ensure_installed()
         self.write_config()
-        if run("pgrep", "-x", "munged", check=False).strip() == "":
-            key = Path("/etc/munge/munge.key")
-            if not key.exists():
-                run("mungekey", "--create", "--force")
-            Path("/run/munge").mkdir(parents=True, exist_ok=True)
-            run("munged", "--force", "--num-threads=2")
+        ensure_munged()
         self.stop_daemons()
         run("slurmctld", "-f", str(self.conf), env=self.env)
         run("slurmd", "-f", str(self.conf), env=self.env)
