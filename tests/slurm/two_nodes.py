@@ -62,11 +62,15 @@ class TwoNodeCluster(SlurmCluster):
             "SlurmdPidFile": str(self.root / "run" / "slurmd-%n.pid"),
             "SlurmdLogFile": str(self.root / "log" / "slurmd-%n.log"),
         }
-        return super().settings() | per_node | {
-            "ClusterName": "twonodes",
-            "SlurmctldHost": f"{self.host}({self.addresses['ctl']})",
-            "SlurmctldPort": str(self.port),
-        }
+        return (
+            super().settings()
+            | per_node
+            | {
+                "ClusterName": "twonodes",
+                "SlurmctldHost": f"{self.host}({self.addresses['ctl']})",
+                "SlurmctldPort": str(self.port),
+            }
+        )
 
     def node_lines(self) -> list[str]:
         return [f"NodeName={node} NodeAddr={self.addresses[node]} CPUs=2 State=UNKNOWN" for node in NODES]
