@@ -35,7 +35,7 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNo
             cluster.start()
         except (ClusterUnavailable, OSError, TimeoutError) as err:
             cluster.stop()
-            pytest.skip(f"no two-node SLURM cluster: {err}")
+            pytest.skip(" ".join(f"no two-node SLURM cluster: {err}".split()))  # one line
         env.setenv("SLURM_CONF", str(cluster.conf))  # for the commands the tests run and what they start
         try:
             yield cluster

@@ -43,13 +43,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_subnet(start: int) -> str:
+    """A 10.213.x /24 that no interface of this machine is in (another cluster's bridge, say), from x = `start`."""
+    used = run("ip", "-o", "-4", "addr", "show", check=False)
+    for step in range(250):
+        subnet = f"10.213.{(start + step) % 250}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise ClusterUnavailable("every 10.213.x.0/24 subnet is in use on this machine")
+
+
 class TwoNodeCluster(SlurmCluster):
     """slurmctld here, ``node1`` and ``node2`` (slurmd, 2 CPUs each) in network namespaces, configured under `root`."""
 
     def __init__(self, root: Path, tag: str | None = None) -> None:
         super().__init__(root)
         self.tag = tag or f"tl{os.getpid() % 100000}"  # names netns and links (<= 15 characters)
-        self.subnet = f"10.213.{int(self.tag[2:]) % 250}"
+        self.subnet = free_subnet(int(self.tag[2:]))
         self.bridge = f"{self.tag}br"
         self.netns = {node: f"{self.tag}{node}" for node in NODES}
         self.addresses = {"ctl": f"{self.subnet}.1"} | {node: f"{self.subnet}.{i + 2}" for i, node in enumerate(NODES)}
@@ -78,8 +88,8 @@ class TwoNodeCluster(SlurmCluster):
     def start(self, timeout: float = 90) -> None:
         if os.geteuid() != 0:
             raise ClusterUnavailable("network namespaces and veth links need root")
-        if not (shutil.which("ip") and shutil.which("unshare")):
-            raise ClusterUnavailable("`ip` (iproute2) and `unshare` (util-linux) are needed for the namespaces")
+        if not all(shutil.which(tool) for tool in ("ip", "nsenter", "unshare")):
+            raise ClusterUnavailable("`ip` (iproute2), `nsenter` and `unshare` (util-linux) make the namespaces")
         ensure_installed()
         ensure_munged()
         self.write_config()
