@@ -1,12 +1,12 @@
 """A real two-node SLURM cluster on one machine: each slurmd in a network namespace of its own.
 
-Why namespaces: two slurmd on one host need Slurm built with ``--enable-multiple-slurmd``; Debian's is not. In
-its own network namespace each slurmd is a host of its own to Slurm and to the job's processes: its own address
-(a veth on a bridge, 10.x.y.0/24), its own host name (a UTS namespace: ``node1``, ``node2``) and an /etc/hosts
-that names every node (bind-mounted in a mount namespace of its own). slurmctld and the
-clients (sbatch, squeue, the launcher) stay in this machine's namespace and reach the nodes through the bridge;
-munge's socket is a file, so the one munged serves all. Traffic between the two DDP ranks crosses the bridge:
-a job that worked only with loopback addresses would fail here.
+Why namespaces: nodes that are hosts of their own, to Slurm (no Slurm built with ``--enable-multiple-slurmd``
+and a port per node) and to the job's processes. Each slurmd has its own address (a veth on a bridge,
+10.213.x.0/24), its own host name (a UTS namespace: ``node1``, ``node2``) and an /etc/hosts that names every
+node (bind-mounted in a mount namespace of its own). slurmctld and the clients (sbatch, squeue, the launcher)
+stay in this machine's namespace and reach the nodes through the bridge; munge's socket is a file, so the one
+munged serves all. Traffic between the two DDP ranks crosses the bridge: a job that worked only with loopback
+addresses would fail here.
 
 The daemons run under names of their own (``tl2n-slurmctld``, ``tl2n-slurmd``: symlinks to Slurm's), on a
 free controller port, with interface and namespace names from this process's id: the single-node cluster's
