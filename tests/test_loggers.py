@@ -15,9 +15,19 @@ import pytest
 import pytorch_lightning as pl
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from conftest import TINY, run_cli
-from transferlab.loggers import LoggerAdapter, TensorBoardAdapter, adapter_for, wandb_logger
+from transferlab.loggers import (
+    STOPPED,
+    LoggerAdapter,
+    TensorBoardAdapter,
+    adapter_for,
+    exit_code,
+    log_final_metrics,
+    start_runs,
+    wandb_logger,
+)
 from transferlab.runner import build
 from transferlab.utils.errors import UserError
 
@@ -65,10 +75,11 @@ def no_tracker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.slow
 def test_mlflow_sweep_runs_side_by_side_with_metrics_params_and_images(tmp_path: Path, no_tracker_credentials) -> None:
     """Two jobs of a sweep: one SQLite store under outputs/, one experiment, one run per job named after its
-    directory, with the job's final metrics, its config as params, and its figures as PNG artifacts."""
+    directory and tagged with its sweep and its tags, with the job's final metrics, its config as params, and
+    its figures as PNG artifacts."""
     from mlflow.tracking import MlflowClient
 
-    result = run_cli("tl-train", "-m", *LOGGED, "logger=mlflow", "seed=0,1", cwd=tmp_path)
+    result = run_cli("tl-train", "-m", *LOGGED, "logger=mlflow", "seed=0,1", "tags=[baseline]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_console_is_transferlab_only(result.stdout + result.stderr)
 
@@ -81,6 +92,8 @@ def test_mlflow_sweep_runs_side_by_side_with_metrics_params_and_images(tmp_path:
         run = runs[str(job)]
         assert run.info.status == "FINISHED"
         assert run.info.run_name == str(job.relative_to(tmp_path / "outputs"))  # multirun/<date>/<time>/<job>
+        assert run.data.tags["transferlab.sweep"] == str(job.parent.relative_to(tmp_path / "outputs"))
+        assert run.data.tags["baseline"] == "true"
         metrics = final_metrics(job)
         assert {"val/acc", "val/loss", "train/loss", "test/acc"} <= set(metrics)
         assert {key: run.data.metrics[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
@@ -160,9 +173,9 @@ def wandb_run(run_dir: Path) -> WandbRun:
 @pytest.mark.slow
 def test_wandb_offline_runs_have_metrics_config_and_images(tmp_path: Path, no_tracker_credentials) -> None:
     """Without a login W&B runs offline: each job of a sweep has its own run file under its run directory,
-    holding every final metric of its metrics.json, its config, and its figures (wandb.Image files); the
-    console stays transferlab's."""
-    result = run_cli("tl-train", "-m", *LOGGED, "logger=wandb", "seed=0,1", cwd=tmp_path)
+    holding every final metric of its metrics.json, its config, its tags, the sweep's group, its figures
+    (wandb.Image files) and exit code 0; the console stays transferlab's."""
+    result = run_cli("tl-train", "-m", *LOGGED, "logger=wandb", "seed=0,1", "tags=[baseline,lr-scan]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_console_is_transferlab_only(result.stdout + result.stderr)
     jobs = job_dirs(tmp_path)
@@ -175,7 +188,9 @@ def test_wandb_offline_runs_have_metrics_config_and_images(tmp_path: Path, no_tr
         assert {key: last[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
         (seed,) = [o.removeprefix("seed=") for o in summary(job)["overrides"] if o.startswith("seed=")]
         assert config["model.backbone.name"] == "mobilenet_v3_small" and config["seed"] == int(seed)
-        assert names == [str(job.relative_to(tmp_path / "outputs"))]
+        assert set(names) == {str(job.relative_to(tmp_path / "outputs"))}
+        assert run.groups == {str(job.parent.relative_to(tmp_path / "outputs"))}  # multirun/<date>/<time>
+        assert run.tags == ["baseline", "lr-scan"] and run.exit_code == 0
         for stage in ("val", "test"):
             (image,) = last[f"{stage}/confusion_matrix.filenames"]
             assert Image.open(BytesIO((run_dir / "files" / image).read_bytes())).format == "PNG"
@@ -388,6 +403,46 @@ def test_a_finished_run_adds_its_final_metrics_to_tensorboard_hparams(make_cfg, 
     assert set(metrics) == {f"final/{name}" for name in stored if "/acc_class/" not in name}
     events = EventAccumulator(str(job)).Reload()
     assert events.Scalars("final/test/acc")[-1].value == pytest.approx(stored["test/acc"], abs=1e-6)
+
+
+def test_tensorboard_hparams_start_with_the_config_and_end_with_the_final_metrics(tmp_path: Path) -> None:
+    """Each part is in the event file once sent; a list (the tags) reads ``a,b``, a null ``None``."""
+    logger = TensorBoardLogger(str(tmp_path), name="", version="", default_hp_metric=False)
+    start_runs([logger], {"seed": 3, "tags": ["a", "b"], "model.head_hidden": None}, ["a", "b"])
+    assert tensorboard_hparams(tmp_path) == ({"seed": 3, "tags": "a,b", "model.head_hidden": "None"}, [], None)
+    log_final_metrics([logger], {"final/val/acc": 0.5})
+    assert tensorboard_hparams(tmp_path)[1:] == (["final/val/acc"], 1)
+
+
+def _ctrl_c_exit() -> SystemExit:
+    """Lightning's answer to a Ctrl-C in fit: ``sys.exit(1)`` raised while handling the KeyboardInterrupt."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1)  # noqa: B904 (the implicit context is what Lightning leaves)
+    except SystemExit as stop:
+        return stop
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (None, 0),
+        (SystemExit(0), 0),
+        (SystemExit(None), 0),
+        (RuntimeError("crash"), 1),
+        (SystemExit("a message"), 1),
+        (SystemExit(2), 2),  # a user error
+        (SystemExit(143), 143),  # train.py's answer to SIGTERM
+        (SIGTERMException(), 143),
+        (KeyboardInterrupt(), 130),
+        (_ctrl_c_exit(), 130),
+    ],
+)
+def test_the_exit_code_trackers_get_tells_a_stopped_run_from_a_failed_one(error, code: int) -> None:
+    assert exit_code(error) == code
+    assert (code in STOPPED) == (code in (130, 143))
 
 
 @pytest.mark.parametrize("single", [True, False])

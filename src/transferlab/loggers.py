@@ -64,7 +64,8 @@ class LoggerAdapter:
         """Add the final metrics of a finished run; a tracker's metrics already end with their last values."""
 
     def finish(self, exit_code: int) -> None:
-        """End the logger's run once the job is over (Lightning's `finalize` also runs between fit and test)."""
+        """End the logger's run once the job is over (Lightning's `finalize` also runs between fit and test).
+        `exit_code`: 0 finished, 128 + the signal when stopped (`STOPPED`), anything else failed."""
 
 
 class TensorBoardAdapter(LoggerAdapter):
@@ -97,7 +98,7 @@ class TensorBoardAdapter(LoggerAdapter):
         writer = self.logger.experiment
         for summary in summaries:
             writer._get_file_writer().add_summary(summary)  # as Lightning's own log_hyperparams does
-        writer.flush()  # on disk now, not when the writer's queue fills
+        writer.flush()  # on disk now, not at the writer's next periodic flush
 
 
 def _tensorboard_values(params: dict[str, Any]) -> dict[str, bool | int | float | str]:
@@ -208,14 +209,17 @@ def log_final_metrics(loggers: list[Logger], metrics: dict[str, float]) -> None:
 def exit_code(error: BaseException | None) -> int:
     """The exit status a job ends with: 0, 128 + the signal for a run stopped by SIGTERM or Ctrl-C, else the
     failure's own (1 for an exception)."""
-    if isinstance(error, SystemExit):
-        if isinstance(error.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1) after a Ctrl-C
-            return 128 + signal.SIGINT
-        return error.code if isinstance(error.code, int) else int(error.code is not None)
-    if isinstance(error, KeyboardInterrupt):
-        return 128 + signal.SIGINT
-    if isinstance(error, SIGTERMException):
+    if isinstance(error, SIGTERMException):  # a SystemExit without a code
         return 128 + signal.SIGTERM
+    ctrl_c = (
+        isinstance(error, KeyboardInterrupt)
+        or isinstance(error, SystemExit)
+        and isinstance(error.__context__, KeyboardInterrupt)
+    )  # the second: Lightning's sys.exit(1) after a Ctrl-C
+    if ctrl_c:
+        return 128 + signal.SIGINT
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else int(error.code is not None)
     return 0 if error is None else 1
 
 
