@@ -105,12 +105,14 @@ class Tags:
     RESERVED = ("mlflow.", "transferlab.")
 
     def problem(self, value: Any) -> str | None:
-        names = "a list of names of up to 64 letters, digits, '_', '.', ':' or '-' (tags=[baseline,lr-scan]"
-        if not isinstance(value, list | ListConfig) or not all(
+        if isinstance(value, list | ListConfig) and all(
             isinstance(tag, str) and self.NAME.fullmatch(tag) and not tag.startswith(self.RESERVED) for tag in value
         ):
-            return names + "; quote a number: tags=['2024']; none may start with mlflow. or transferlab.)"
-        return None
+            return None
+        return (
+            "a list of names such as [baseline,lr-scan] (letters, digits, _ . : -, at most 64; a number quoted: "
+            "'2024'; none starting with mlflow. or transferlab.)"
+        )
 
 
 MISSING = "???"  # a required value nobody gave
