@@ -7,15 +7,27 @@ import json
 import struct
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from PIL import Image
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from conftest import TINY, run_cli
-from transferlab.loggers import LoggerAdapter, TensorBoardAdapter, adapter_for, wandb_logger
+from transferlab.loggers import (
+    STOPPED,
+    LoggerAdapter,
+    TensorBoardAdapter,
+    adapter_for,
+    exit_code,
+    log_final_metrics,
+    start_runs,
+    wandb_logger,
+)
 from transferlab.runner import build
 from transferlab.utils.errors import UserError
 
@@ -63,10 +75,11 @@ def no_tracker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.slow
 def test_mlflow_sweep_runs_side_by_side_with_metrics_params_and_images(tmp_path: Path, no_tracker_credentials) -> None:
     """Two jobs of a sweep: one SQLite store under outputs/, one experiment, one run per job named after its
-    directory, with the job's final metrics, its config as params, and its figures as PNG artifacts."""
+    directory and tagged with its sweep and its tags, with the job's final metrics, its config as params, and
+    its figures as PNG artifacts."""
     from mlflow.tracking import MlflowClient
 
-    result = run_cli("tl-train", "-m", *LOGGED, "logger=mlflow", "seed=0,1", cwd=tmp_path)
+    result = run_cli("tl-train", "-m", *LOGGED, "logger=mlflow", "seed=0,1", "tags=[baseline]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_console_is_transferlab_only(result.stdout + result.stderr)
 
@@ -79,6 +92,8 @@ def test_mlflow_sweep_runs_side_by_side_with_metrics_params_and_images(tmp_path:
         run = runs[str(job)]
         assert run.info.status == "FINISHED"
         assert run.info.run_name == str(job.relative_to(tmp_path / "outputs"))  # multirun/<date>/<time>/<job>
+        assert run.data.tags["transferlab.sweep"] == str(job.parent.relative_to(tmp_path / "outputs"))
+        assert run.data.tags["baseline"] == "true"
         metrics = final_metrics(job)
         assert {"val/acc", "val/loss", "train/loss", "test/acc"} <= set(metrics)
         assert {key: run.data.metrics[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
@@ -120,42 +135,62 @@ def wandb_records(path: Path) -> Iterator[object]:
             yield record
 
 
-def wandb_run(run_dir: Path) -> tuple[dict[str, object], dict[str, object], list[str]]:
-    """(each history key's last value, the config, the run's names) of an offline run directory. W&B nests an
-    image's fields under its key (``val/confusion_matrix.filenames``)."""
-    last: dict[str, object] = {}
-    config: dict[str, object] = {}
-    names = []
+@dataclass
+class WandbRun:
+    """What an offline run directory's run file holds. W&B nests an image's fields under its key
+    (``val/confusion_matrix.filenames``)."""
+
+    last: dict[str, object] = field(default_factory=dict)  # each history key's last value
+    config: dict[str, object] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # the display name of each run record
+    tags: list[str] = field(default_factory=list)  # of the last run record
+    groups: set[str] = field(default_factory=set)
+    exit_code: int | None = None
+    config_before_history: bool = False  # the config was recorded before the first metric
+
+
+def wandb_run(run_dir: Path) -> WandbRun:
+    run = WandbRun()
+    history_seen = False
     for record in wandb_records(next(run_dir.glob("run-*.wandb"))):
         kind = record.WhichOneof("record_type")
         if kind == "history":
+            history_seen = True
             for item in record.history.item:
-                last[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+                run.last[item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "config":
-            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            run.config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            run.config_before_history |= "model.backbone.name" in run.config and not history_seen
         elif kind == "run":
-            names.append(record.run.display_name)
-    return last, config, names
+            run.names.append(record.run.display_name)
+            run.tags = list(record.run.tags)
+            run.groups.add(record.run.run_group)
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
+    return run
 
 
 @pytest.mark.slow
 def test_wandb_offline_runs_have_metrics_config_and_images(tmp_path: Path, no_tracker_credentials) -> None:
     """Without a login W&B runs offline: each job of a sweep has its own run file under its run directory,
-    holding every final metric of its metrics.json, its config, and its figures (wandb.Image files); the
-    console stays transferlab's."""
-    result = run_cli("tl-train", "-m", *LOGGED, "logger=wandb", "seed=0,1", cwd=tmp_path)
+    holding every final metric of its metrics.json, its config, its tags, the sweep's group, its figures
+    (wandb.Image files) and exit code 0; the console stays transferlab's."""
+    result = run_cli("tl-train", "-m", *LOGGED, "logger=wandb", "seed=0,1", "tags=[baseline,lr-scan]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_console_is_transferlab_only(result.stdout + result.stderr)
     jobs = job_dirs(tmp_path)
     assert len(jobs) == 2
     for job in jobs:
         (run_dir,) = (job / "wandb").glob("offline-run-*")  # one run per job, never one shared by the sweep
-        last, config, names = wandb_run(run_dir)
+        run = wandb_run(run_dir)
+        last, config, names = run.last, run.config, run.names
         metrics = final_metrics(job)
         assert {key: last[key] for key in metrics} == pytest.approx(metrics, rel=1e-6, abs=1e-9)
         (seed,) = [o.removeprefix("seed=") for o in summary(job)["overrides"] if o.startswith("seed=")]
         assert config["model.backbone.name"] == "mobilenet_v3_small" and config["seed"] == int(seed)
-        assert names == [str(job.relative_to(tmp_path / "outputs"))]
+        assert set(names) == {str(job.relative_to(tmp_path / "outputs"))}
+        assert run.groups == {str(job.parent.relative_to(tmp_path / "outputs"))}  # multirun/<date>/<time>
+        assert run.tags == ["baseline", "lr-scan"] and run.exit_code == 0
         for stage in ("val", "test"):
             (image,) = last[f"{stage}/confusion_matrix.filenames"]
             assert Image.open(BytesIO((run_dir / "files" / image).read_bytes())).format == "PNG"
@@ -262,3 +297,199 @@ def test_a_missing_tracker_is_one_line_with_the_install_command(
         UserError, match=rf"^logger={name} needs the '{name}' package\. .*pip install 'transferlab\[trackers\]'$"
     ):
         build(cfg.logger[name], f"logger.{name}")
+
+
+# -- visible from the start, ended as it ended ---------------------------------------------------------
+def tensorboard_hparams(job_dir: Path) -> tuple[dict[str, object], list[str], int | None]:
+    """(the config of the HPARAMS session start, the metrics of its experiment, the session end's status or
+    None) in a job directory's TensorBoard events, as TensorBoard reads them (the first of each kept)."""
+    from google.protobuf.json_format import MessageToDict
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    content = EventAccumulator(str(job_dir)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    params = {name: MessageToDict(value) for name, value in start.hparams.items()}
+    experiment = content.get(metadata.EXPERIMENT_TAG)
+    metrics = [m.name.tag for m in metadata.parse_experiment_plugin_data(experiment).metric_infos] if experiment else []
+    end = content.get(metadata.SESSION_END_INFO_TAG)
+    return params, metrics, metadata.parse_session_end_info_plugin_data(end).status if end else None
+
+
+SEEN: dict[str, object] = {}  # what `LookAtTrackers` found in the trackers' stores
+
+
+class LookAtTrackers(pl.Callback):
+    """When training starts, read the run back from TensorBoard's event files and MLflow's store into `SEEN`,
+    then stop the run: with an exception (``then=error``), or as a SIGTERM does (``then=sigterm``: at the end
+    of the first step, its metrics logged)."""
+
+    def __init__(self, then: str) -> None:
+        self.then = then
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                SEEN["tensorboard"] = tensorboard_hparams(Path(logger.log_dir))
+            elif isinstance(logger, MLFlowLogger):
+                SEEN["mlflow"] = logger.experiment.get_run(logger.run_id)  # a query of the store
+        if self.then == "error":
+            raise RuntimeError("crashed on purpose")
+        trainer._signal_connector.received_sigterm = True
+
+
+@pytest.mark.parametrize(("then", "status", "exit_code"), [("error", "FAILED", 1), ("sigterm", "KILLED", 143)])
+def test_trackers_hold_config_and_tags_from_the_start_and_mark_a_stopped_run(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tracker_credentials, then, status, exit_code
+) -> None:
+    """Before the first step, TensorBoard's HPARAMS session and the MLflow run hold the config and the tags;
+    W&B has them before its first metric. A crashed run ends FAILED in MLflow and with exit code 1 in W&B, a
+    killed one KILLED and 143; TensorBoard gets no end (a resumed job may still end it as a success)."""
+    from transferlab.train import run
+
+    monkeypatch.setenv("TRANSFERLAB_ROOT", str(tmp_path))
+    SEEN.clear()
+    cfg = make_cfg(
+        "logger=[tensorboard,mlflow,wandb]",
+        "tags=[baseline,lr-scan]",
+        "trainer.log_every_n_steps=1",
+        "+callbacks.look._target_=test_loggers.LookAtTrackers",
+        f"+callbacks.look.then={then}",
+    )
+    with pytest.raises(RuntimeError if then == "error" else SystemExit) as stopped:
+        run(cfg)
+    assert then == "error" or stopped.value.code == exit_code
+
+    params, metrics, end = SEEN["tensorboard"]
+    assert params["tags"] == "baseline,lr-scan" and params["model.backbone.name"] == "mobilenet_v3_small"
+    assert params["seed"] == 0
+    assert metrics == [] and end is None
+    assert tensorboard_hparams(Path(cfg.paths.output_dir))[1:] == ([], None)  # no end written since
+
+    seen = SEEN["mlflow"]
+    assert seen.info.status == "RUNNING"
+    assert seen.data.params["model.backbone.name"] == "mobilenet_v3_small" and seen.data.params["seed"] == "0"
+    assert {"baseline": "true", "lr-scan": "true"}.items() <= seen.data.tags.items()
+    assert "transferlab.sweep" not in seen.data.tags  # a single run has no group
+    from mlflow.tracking import MlflowClient
+
+    (ended,) = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow/mlflow.db").search_runs(["1"])
+    assert ended.info.status == status
+
+    (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
+    wandb = wandb_run(run_dir)
+    assert wandb.config["model.backbone.name"] == "mobilenet_v3_small"
+    assert wandb.config["tags"] == ["baseline", "lr-scan"]
+    assert wandb.tags == ["baseline", "lr-scan"] and wandb.groups == {""}
+    assert wandb.exit_code == exit_code
+    if then == "sigterm":
+        assert "trainer/global_step" in wandb.last and wandb.config_before_history  # a step's metrics came after
+
+
+def test_a_finished_run_adds_its_final_metrics_to_tensorboard_hparams(make_cfg, tmp_path: Path) -> None:
+    """The session started with the config ends as a success with the final metrics (``final/…``, the values
+    of metrics.json), which the HPARAMS tab shows next to the config."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from transferlab.train import run
+
+    cfg = make_cfg("logger=tensorboard", "tags=[baseline]")
+    run(cfg)
+    job = Path(cfg.paths.output_dir)
+    params, metrics, end = tensorboard_hparams(job)
+    assert params["tags"] == "baseline" and end == 1  # STATUS_SUCCESS
+    stored = final_metrics(job)
+    assert {"final/val/acc", "final/test/acc", "final/train/loss"} <= set(metrics)
+    assert set(metrics) == {f"final/{name}" for name in stored if "/acc_class/" not in name}
+    events = EventAccumulator(str(job)).Reload()
+    assert events.Scalars("final/test/acc")[-1].value == pytest.approx(stored["test/acc"], abs=1e-6)
+
+
+def test_tensorboard_hparams_start_with_the_config_and_end_with_the_final_metrics(tmp_path: Path) -> None:
+    """Each part is in the event file once sent; a list (the tags) reads ``a,b``, a null ``None``."""
+    logger = TensorBoardLogger(str(tmp_path), name="", version="", default_hp_metric=False)
+    start_runs([logger], {"seed": 3, "tags": ["a", "b"], "model.head_hidden": None}, ["a", "b"])
+    assert tensorboard_hparams(tmp_path) == ({"seed": 3, "tags": "a,b", "model.head_hidden": "None"}, [], None)
+    log_final_metrics([logger], {"final/val/acc": 0.5})
+    assert tensorboard_hparams(tmp_path)[1:] == (["final/val/acc"], 1)
+
+
+def _ctrl_c_exit() -> SystemExit:
+    """Lightning's answer to a Ctrl-C in fit: ``sys.exit(1)`` raised while handling the KeyboardInterrupt."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise SystemExit(1)  # noqa: B904 (the implicit context is what Lightning leaves)
+    except SystemExit as stop:
+        return stop
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (None, 0),
+        (SystemExit(0), 0),
+        (SystemExit(None), 0),
+        (RuntimeError("crash"), 1),
+        (SystemExit("a message"), 1),
+        (SystemExit(2), 2),  # a user error
+        (SystemExit(143), 143),  # train.py's answer to SIGTERM
+        (SIGTERMException(), 143),
+        (KeyboardInterrupt(), 130),
+        (_ctrl_c_exit(), 130),
+    ],
+)
+def test_the_exit_code_trackers_get_tells_a_stopped_run_from_a_failed_one(error, code: int) -> None:
+    assert exit_code(error) == code
+    assert (code in STOPPED) == (code in (130, 143))
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_a_sweeps_jobs_share_a_group_named_after_the_sweep_directory(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_tracker_credentials, single: bool
+) -> None:
+    """In a sweep, MLflow runs are tagged transferlab.sweep=<sweep dir> and W&B runs get it as their group (named
+    like the runs: relative to outputs/); a single run has neither; logger.<name>.group=… chooses one."""
+    from omegaconf import open_dict
+
+    monkeypatch.setenv("TRANSFERLAB_ROOT", str(tmp_path))
+    sweep = tmp_path / "outputs" / "multirun" / "2026-01-02" / "03-04-05-000006"
+    multirun = [] if single else ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}"]
+    cfg = make_cfg("logger=[mlflow,wandb]", *multirun)
+    expected = None if single else "multirun/2026-01-02/03-04-05-000006"
+
+    mlflow = build(cfg.logger.mlflow, "logger.mlflow")
+    assert mlflow.experiment.get_run(mlflow.run_id).data.tags.get("transferlab.sweep") == expected
+    assert build(cfg.logger.wandb, "logger.wandb")._wandb_init["group"] == expected
+    with open_dict(cfg):
+        cfg.logger.wandb.group = "lr-study"
+    assert build(cfg.logger.wandb, "logger.wandb")._wandb_init["group"] == "lr-study"
+
+
+@pytest.mark.parametrize(
+    ("tags", "accepted"),
+    [
+        ([], True),
+        (["baseline", "lr-scan", "v1.2", "ablation:head", "2024_runs"], True),
+        ("baseline", False),  # tags=baseline: a string, not a list
+        ([2024], False),  # a number: quote it
+        (["two words"], False),
+        (["a/b"], False),
+        (["-x"], False),
+        (["x" * 65], False),
+        (["mlflow.runName"], False),  # MLflow's own tags
+        (["transferlab.sweep"], False),
+    ],
+)
+def test_tags_are_names_every_tracker_takes(tags: object, accepted: bool) -> None:
+    from omegaconf import OmegaConf
+
+    from transferlab.utils.checks import check_values
+
+    cfg = OmegaConf.create({"tags": tags})
+    if accepted:
+        check_values(cfg)
+    else:
+        with pytest.raises(UserError, match=r"^tags must be a list of names .*, got .*\. Pass tags=<value>$"):
+            check_values(cfg)

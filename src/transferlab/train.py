@@ -21,7 +21,7 @@ from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
 from transferlab.cli import hydra_app
 from transferlab.console import header, quiet, results_line
 from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
-from transferlab.loggers import finishing, log_hyperparameters
+from transferlab.loggers import finishing, log_final_metrics, start_runs
 from transferlab.runner import (
     build,
     build_trainer,
@@ -96,6 +96,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
         if trainer.is_global_zero and not cfg.get("verbose", False):
             print(header(cfg, trainer, job_dir), flush=True)
+        start_runs(trainer.loggers, flatten(config), list(cfg.get("tags", [])))  # listed by the trackers from now on
 
         metrics: dict[str, float] = {}
         diverged: dict[str, str] = {}  # metrics that ended inf/nan
@@ -137,8 +138,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         }
         for callback in callbacks:  # what a callback has to say about the run (e.g. an Optuna trial it pruned)
             summary.update(callback.run_summary() if hasattr(callback, "run_summary") else {})
-        if trainer.is_global_zero:
-            log_hyperparameters(trainer, flatten(config), _hparam_metrics(metrics))
+        log_final_metrics(trainer.loggers, _hparam_metrics(metrics))
     if trainer.is_global_zero:
         write_json_atomic(job_dir / METRICS_FILE, summary)  # last: it marks the job finished
         if cfg.train and isinstance(checkpoint, RunCheckpoint):

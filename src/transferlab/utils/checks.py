@@ -9,6 +9,7 @@ and so is a value that is still an interpolation (it points at a key that is che
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -95,9 +96,28 @@ class Devices:
         return "a positive number of devices, -1 (all), auto, or a list of device ids"
 
 
+@dataclass(frozen=True)
+class Tags:
+    """``tags``: a list of short names, each usable as an MLflow tag key and a W&B tag as it is. The prefixes
+    ``mlflow.`` and ``transferlab.`` name the tags those two set themselves (run name, sweep group)."""
+
+    NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+    RESERVED = ("mlflow.", "transferlab.")
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, list | ListConfig) and all(
+            isinstance(tag, str) and self.NAME.fullmatch(tag) and not tag.startswith(self.RESERVED) for tag in value
+        ):
+            return None
+        return (
+            "a list of names such as [baseline,lr-scan] (letters, digits, _ . : -, at most 64; a number quoted: "
+            "'2024'; none starting with mlflow. or transferlab.)"
+        )
+
+
 MISSING = "???"  # a required value nobody gave
 
-Rule = Number | CountOrFraction | OneOf | Devices
+Rule = Number | CountOrFraction | OneOf | Devices | Tags
 
 COUNT = Number(low=1, integer=True)
 NON_NEGATIVE = Number(low=0)
@@ -110,6 +130,7 @@ RULES: dict[str, Rule] = {
     "train": OneOf((True, False)),
     "test": OneOf((True, False)),
     "verbose": OneOf((True, False)),
+    "tags": Tags(),
     # trainer (tl-train, tl-eval)
     "trainer.max_epochs": Number(low=-1, integer=True, nullable=True, meaning="-1 = no limit"),
     "trainer.min_epochs": Number(low=0, integer=True, nullable=True),
