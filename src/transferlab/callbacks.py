@@ -310,7 +310,8 @@ class OptunaPruning(pl.Callback):
             from hydra.utils import instantiate
 
             assert self.handover is not None
-            pruner = instantiate(self.handover["pruner"]) if self.handover["pruner"] else None
+            # No pruner: the job still reports every epoch (the study's learning curves), and is never stopped.
+            pruner = instantiate(self.handover["pruner"]) if self.handover["pruner"] else optuna.pruners.NopPruner()
             study = optuna.load_study(
                 study_name=self.handover["study_name"], storage=self.handover["storage"], pruner=pruner
             )
