@@ -34,16 +34,12 @@ class SearchSpace:
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)  # key → the value exactly as written
     grid: dict[str, list[Any]] = field(default_factory=dict)  # key → its values, for keys that have a finite list
-    spelled: dict[str, dict[Any, str]] = field(default_factory=dict)  # key → {choice: Hydra's escaped spelling}
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: its sampled values (in search-space order), then the fixed ones."""
-        sampled = [f"{key}={self._spell(key, params[key])}" for key in self.distributions]
+        # Hydra's own spelling of a value (what its grid sweep writes: `a\ b`, `x\,y`), which it reads back as is
+        sampled = [f"{key}={Override._get_value_element_as_str(params[key])}" for key in self.distributions]
         return sampled + [f"{key}={value}" for key, value in self.fixed.items()]
-
-    def _spell(self, key: str, value: Any) -> str:
-        spelled = self.spelled.get(key, {})
-        return spelled[value] if value in spelled else str(value)
 
     def grid_values(self) -> dict[str, list[Any]]:
         """The grid for Optuna's GridSampler: every key needs a finite list of values."""
@@ -86,14 +82,16 @@ def _add_sweep(space: SearchSpace, key: str, override: Override) -> None:
         values = list(override.sweep_iterator())
         if not values:
             raise UserError(f"{text} has no values. Give at least one")
+        if isinstance(value, RangeSweep):  # shuffled anew on every launch; a study's choices must stay the same
+            values = sorted(values)
         bad = [v for v in values if not isinstance(v, (str, int, float, bool))]
         if bad:
             raise UserError(f"{text}: Optuna's choices are strings, numbers or booleans, not {bad[0]!r}. Quote it")
         space.distributions[key] = CategoricalDistribution(values)
-        space.spelled[key] = dict(zip(values, override.sweep_string_iterator()))
         space.grid[key] = values
     elif isinstance(value, RangeSweep):
-        values = list(override.sweep_iterator())
+        # Hydra adds float steps up (0.30000000000000004): rounded, so the step divides the range exactly
+        values = [round(v, 12) if isinstance(v, float) else v for v in override.sweep_iterator()]
         if not values:
             raise UserError(f"{text} has no values (range's stop is excluded). Widen it")
         step = value.step if value.step is not None else 1

@@ -259,7 +259,8 @@ class OptunaSweep:
         trials = study.get_trials(deepcopy=False)
         counts = {state: sum(t.state == state for t in trials) for state in TrialState}
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": storage}
-        results.update({f"{state.name.lower()}_trials": n for state, n in counts.items() if n or state.is_finished()})
+        named = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+        results.update({f"{name}_trials": counts[state] for state, name in named.items()})
         log.info(
             f"Study {study.study_name}: {len(trials)} trials, {counts[TrialState.COMPLETE]} complete, "
             f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
@@ -274,8 +275,7 @@ class OptunaSweep:
             front = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
             results["solutions"] = front
             log.info(f"Pareto front: {len(front)} trials ({', '.join(str(t['number']) for t in front)})")
-        if storage.startswith("sqlite:///"):
-            log.info(f"See it: optuna-dashboard {storage}")
+        log.info(f"See it: optuna-dashboard {storage}")
         with atomic_file(self.sweep_dir / "optimization_results.yaml") as tmp:
             OmegaConf.save(OmegaConf.create(results), tmp)
 
