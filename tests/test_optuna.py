@@ -226,3 +226,124 @@ def test_a_failing_trial_is_told_fail_counts_and_the_sweep_ends_with_one_line(
     launcher.jobs.clear()
     _sweep(cfg, launcher)  # a FAIL trial counts toward the total: nothing left to run (and no failure this time)
     assert launcher.jobs == []
+
+
+# -- optuna-dashboard on a sweep's study ------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_optuna_dashboard_serves_the_sweeps_study(study_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    """The command the README gives, ``optuna-dashboard sqlite:///<sweep dir>/optuna.db``, lists the study."""
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install optuna-dashboard)")
+    cfg = study_cfg("hydra.sweeper.n_trials=2")
+    _sweep(cfg, FakeLauncher(tmp_path / "sweep"))
+    port = _free_port()
+    command = "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; sys.exit(main())"
+    storage = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    server = subprocess.Popen(
+        [sys.executable, "-c", command, storage, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[0][-2000:]
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
+                time.sleep(0.3)
+        assert [(s["study_name"], s["directions"]) for s in studies] == [(cfg.hydra.sweeper.study_name, ["minimize"])]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}") as response:
+            trials = json.loads(response.read())["trials"]
+        assert [t["state"] for t in trials] == ["Complete", "Complete"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+# -- through the CLI --------------------------------------------------------------------------------------------
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+KILLED = [
+    "-m",
+    "sweep=optuna",
+    "debug=tiny",
+    "hydra.sweeper.n_trials=2",
+    "hydra.sweeper.pruner=null",
+    "trainer.max_epochs=6",
+    "callbacks.model_checkpoint.last_every_minutes=0",  # last.ckpt after every epoch: something to resume from
+]
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_trial_resumes_that_trial_in_its_own_directory(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "killed"
+    args = [*KILLED, f"hydra.sweep.dir={sweep_dir}"]
+    log = tmp_path / "first_launch.log"
+    first = start_cli("tl-train", *args, cwd=tmp_path, log=log)
+    try:
+        _wait_for(
+            lambda: any(sweep_dir.glob("*/checkpoints/last.ckpt")) or first.poll() is not None, 300, "a last.ckpt"
+        )
+        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    (job,) = [p.parent.parent for p in sweep_dir.glob("*/checkpoints/last.ckpt")]
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    assert [t.state for t in optuna.load_study(study_name="debug", storage=storage).trials] == [TrialState.RUNNING]
+
+    relaunch = run_cli("tl-train", *args, cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert "Trials: 0 of 2 done, 1 interrupted to re-run (0), 1 new" in relaunch.stdout + relaunch.stderr
+    assert f"Resuming unfinished job from {job / 'checkpoints' / 'last.ckpt'}" in relaunch.stdout
+    summary = json.loads((job / METRICS_FILE).read_text())
+    assert summary["resumed_from"] == str(job / "checkpoints" / "last.ckpt") and summary["epochs"] == 6
+    assert summary["optuna_trial"]["number"] == 0
+    assert len([p for p in sweep_dir.iterdir() if p.is_dir()]) == 2, "the re-run trial got no second directory"
+    trials = optuna.load_study(study_name="debug", storage=storage).trials
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
+    assert sorted(trials[0].intermediate_values) == list(range(6)), "every epoch reported, before and after the kill"
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_alone_and_the_sweep_ends_with_one_line(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "failing"
+    args = [
+        "-m",
+        "sweep=optuna",
+        "debug=tiny",
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",  # both values, in either order
+        "model.optimizer.lr=choice(1e9,0.001)",
+        "model.optimizer.weight_decay=0.0",
+        "model.finetune.backbone_lr_mult=1.0",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    result = run_cli("tl-train", *args, cwd=tmp_path)
+    assert result.returncode == EXIT_JOBS_FAILED, result.stderr[-3000:]
+    (diverged,) = [p for p in sweep_dir.iterdir() if "lr=1000000000.0" in p.name]
+    assert (diverged / FAILED_FILE).is_file() and not (diverged / METRICS_FILE).exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: 1 of 2 jobs failed: {diverged}; see {diverged / 'train.log'}"
+    assert "Traceback" not in result.stdout + result.stderr
+    study = optuna.load_study(study_name="debug", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    states = {t.params["model.optimizer.lr"]: t.state for t in study.trials}
+    assert states == {1e9: TrialState.FAIL, 0.001: TrialState.COMPLETE}
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["failed_trials"] == 1 and results["best_params"]["model.optimizer.lr"] == 0.001
