@@ -58,7 +58,9 @@ def parse_search_space(overrides: list[str]) -> SearchSpace:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read the Optuna search space: {first}. Check hydra.sweeper.params and the overrides")
+        raise UserError(
+            f"cannot read the Optuna search space: {first}. Check hydra.sweeper.params and the overrides"
+        ) from None
     space = SearchSpace()
     for override in parsed:
         key = override.get_key_element()
@@ -99,7 +101,8 @@ def _add_sweep(space: SearchSpace, key: str, override: Override) -> None:
         if all(isinstance(v, int) for v in values):
             if "log" in tags and abs(step) != 1:
                 raise UserError(f"{text}: a log-scaled integer range must have step 1. Drop the step or the tag")
-            space.distributions[key] = IntDistribution(low, high, log="log" in tags, step=1 if "log" in tags else abs(step))
+            log = "log" in tags
+            space.distributions[key] = IntDistribution(low, high, log=log, step=1 if log else abs(step))
         else:
             if "log" in tags:
                 raise UserError(f"{text}: a float range cannot be log-scaled. Use tag(log, interval(a, b))")

@@ -121,7 +121,9 @@ class OptunaSweep:
                 pruner=optuna.pruners.NopPruner(),  # the jobs prune (their callback); the sweeper never does
             )
         except Exception as err:
-            raise UserError(f"cannot open the Optuna study in {storage}: {one_line(err)}. Check hydra.sweeper.storage")
+            raise UserError(
+                f"cannot open the Optuna study in {storage}: {one_line(err)}. Check hydra.sweeper.storage"
+            ) from None
         if [d.name.lower() for d in study.directions] != self.directions:
             raise UserError(
                 f"the study {study.study_name} in {storage} has directions "
@@ -194,7 +196,9 @@ class OptunaSweep:
         try:
             self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides)
         except Exception as err:
-            raise UserError(f"a trial's overrides {overrides} make no config: {one_line(err)}. Check the search space")
+            raise UserError(
+                f"a trial's overrides {overrides} make no config: {one_line(err)}. Check the search space"
+            ) from None
 
     def _handover(self, storage: str, study_name: str, number: int) -> str:
         """The override that gives a job its trial: an environment variable (Hydra sets it for the job only)."""
