@@ -41,6 +41,13 @@ class SearchSpace:
         sampled = [f"{key}={Override._get_value_element_as_str(params[key])}" for key in self.distributions]
         return sampled + [f"{key}={value}" for key, value in self.fixed.items()]
 
+    def example(self) -> dict[str, Any]:
+        """One value per sampled key (a choice's first, an interval's or range's low end): a config to check."""
+        return {
+            key: dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low  # type: ignore[attr-defined]
+            for key, dist in self.distributions.items()
+        }
+
     def grid_values(self) -> dict[str, list[Any]]:
         """The grid for Optuna's GridSampler: every key needs a finite list of values."""
         continuous = [key for key in self.distributions if key not in self.grid]

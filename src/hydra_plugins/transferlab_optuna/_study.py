@@ -82,10 +82,13 @@ class OptunaSweep:
 
     def _run(self, space: SearchSpace) -> list[JobReturn]:
         storage = self.storage_url or f"sqlite:///{self.sweep_dir / OPTUNA_STUDY_DB}"
+        # Everything the user wrote is checked before the study is opened (a mistake leaves no trial behind).
         pruner = self._build(self.pruner_config, "hydra.sweeper.pruner") if self.pruner_config else None
+        sampler = self._sampler(space, previous=0)
+        self._check_composes(space.overrides(space.example()))
         study = self._study(storage)
         trials = study.get_trials(deepcopy=False)
-        study.sampler = self._sampler(space, previous=len(trials))
+        study.sampler = self._sampler(space, previous=len(trials)) if trials else sampler
         if pruner is not None:
             study.pruner = pruner
         rerun = self._interrupted(study, trials)
@@ -156,8 +159,8 @@ class OptunaSweep:
         try:
             return instantiate(config)
         except Exception as err:
-            cause = err.__cause__ or err
-            raise UserError(f"{key} cannot be built: {one_line(cause)}. Check {key}._target_ and its keys") from None
+            cause = one_line(err.__cause__ or err).rstrip(".?:")
+            raise UserError(f"{key} cannot be built: {cause}. Check {key}._target_ and its keys") from None
 
     def _interrupted(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[tuple[int, list[str]]]:
         """The trials an earlier sweep left RUNNING (it was killed; this sweep holds the lock), with their
@@ -181,8 +184,13 @@ class OptunaSweep:
         return trial.number, overrides
 
     def _launch(self, study: optuna.Study, storage: str, batch: list[tuple[int, list[str]]]) -> list[JobReturn]:
-        for _, overrides in batch:
-            self._check_composes(overrides)
+        try:
+            for _, overrides in batch:
+                self._check_composes(overrides)
+        except UserError:
+            for number, _ in batch:  # never launched: not left RUNNING for the next launch to re-run
+                self._tell(study, number, state=TrialState.FAIL)
+            raise
         jobs = [(*overrides, self._handover(storage, study.study_name, number)) for number, overrides in batch]
         returns = list(self.launcher.launch(jobs, initial_job_idx=self.job_idx))
         self.job_idx += len(returns)
@@ -196,8 +204,10 @@ class OptunaSweep:
         try:
             self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides)
         except Exception as err:
+            message = " ".join(line.strip() for line in str(err).strip().splitlines()).rstrip(".")
             raise UserError(
-                f"a trial's overrides {overrides} make no config: {one_line(err)}. Check the search space"
+                f"the search space makes no config ({' '.join(overrides)}): {message}. "
+                "Check hydra.sweeper.params and the sweep overrides"
             ) from None
 
     def _handover(self, storage: str, study_name: str, number: int) -> str:
