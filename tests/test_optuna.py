@@ -120,6 +120,7 @@ class FakeLauncher:
         self.sweep_dir = sweep_dir
         self.fail_if = fail_if
         self.jobs: list[tuple[int, list[str]]] = []  # (trial number from the handover, the job's overrides)
+        self.reports: list[bool] = []  # whether the job's callback may report per-epoch values
 
     def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
         returns = []
@@ -129,6 +130,7 @@ class FakeLauncher:
             spec = json.loads(handover[0].split("=", 1)[1].strip("'").replace("\\'", "'"))
             task = [o for o in overrides if o not in handover]
             self.jobs.append((spec["trial"], task))
+            self.reports.append(spec["report"])
             job_dir = self.sweep_dir / ",".join(sorted(task))
             job_dir.mkdir(parents=True, exist_ok=True)
             values = dict(o.split("=", 1) for o in task)
@@ -139,7 +141,8 @@ class FakeLauncher:
                 (job_dir / FAILED_FILE).write_text(json.dumps({"outcome": "diverged", "error": "NaN loss"}))
             else:
                 ret._return_value = float(values["x"]) ** 2
-                (job_dir / METRICS_FILE).write_text(json.dumps({"monitor": {"best": ret._return_value}}))
+                summary = {"monitor": {"best": ret._return_value}, "metrics": {"test/acc": -ret._return_value}}
+                (job_dir / METRICS_FILE).write_text(json.dumps({**summary, "wall_time_s": float(values["x"])}))
             returns.append(ret)
         return returns
 
@@ -182,7 +185,7 @@ def test_n_trials_is_a_total_and_an_interrupted_trial_reruns_in_its_own_director
     study = _study(study_cfg())
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert [n for n, _ in launcher.jobs] == [0, 1, 2] and all(o[-1] == "y=3" for _, o in launcher.jobs)
-    assert study.trials[0].user_attrs[OVERRIDES_ATTR] == launcher.jobs[0][1]
+    assert study.trials[0].user_attrs[OVERRIDES_ATTR] == launcher.jobs[0][1] and all(launcher.reports)
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["best_value"] == min(float(dict([o[0].split("=")])["x"]) ** 2 for _, o in launcher.jobs)
     assert results["complete_trials"] == 3 and results["failed_trials"] == 0
@@ -227,6 +230,23 @@ def test_a_failing_trial_is_told_fail_counts_and_the_sweep_ends_with_one_line(
     launcher.jobs.clear()
     _sweep(cfg, launcher)  # a FAIL trial counts toward the total: nothing left to run (and no failure this time)
     assert launcher.jobs == []
+
+
+def test_a_multi_objective_study_reads_its_values_from_metrics_json(
+    study_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    directions = "hydra.sweeper.direction=[maximize,minimize]"
+    with pytest.raises(UserError, match="a multi-objective study needs hydra.sweeper.objectives"):
+        OptunaSweep(study_cfg(directions), None, None)  # type: ignore[arg-type]
+    launcher = FakeLauncher(tmp_path / "sweep")
+    cfg = study_cfg(directions, "hydra.sweeper.objectives=[test/acc,wall_time_s]", "hydra.sweeper.n_trials=3")
+    _sweep(cfg, launcher)
+    trials = _study(cfg).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all(t.values == [-t.params["x"] ** 2, t.params["x"]] for t in trials)
+    assert launcher.reports == [False] * 3, "Optuna takes no per-epoch values of a multi-objective trial"
+    front = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())["solutions"]
+    assert {s["number"] for s in front} == {t.number for t in _study(cfg).best_trials}
 
 
 # -- optuna-dashboard on a sweep's study ------------------------------------------------------------------------

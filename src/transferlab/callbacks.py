@@ -293,6 +293,8 @@ class OptunaPruning(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.handover is None or trainer.sanity_checking or self.pruned_at_epoch is not None:
             return
+        if not self.handover.get("report", True):  # a multi-objective trial: Optuna takes no per-epoch values
+            return
         prune = False
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.is_global_zero and value is not None:  # one process talks to the storage

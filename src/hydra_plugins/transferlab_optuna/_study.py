@@ -212,7 +212,15 @@ class OptunaSweep:
 
     def _handover(self, storage: str, study_name: str, number: int) -> str:
         """The override that gives a job its trial: an environment variable (Hydra sets it for the job only)."""
-        spec = json.dumps({"storage": storage, "study_name": study_name, "trial": number, "pruner": self.pruner_config})
+        spec = json.dumps(
+            {
+                "storage": storage,
+                "study_name": study_name,
+                "trial": number,
+                "pruner": self.pruner_config,
+                "report": len(self.directions) == 1,  # Optuna takes per-epoch values of single-objective trials only
+            }
+        )
         quoted = spec.replace("\\", "\\\\").replace("'", "\\'")
         return f"++hydra.job.env_set.{OPTUNA_TRIAL_ENV}='{quoted}'"
 
