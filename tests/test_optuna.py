@@ -243,7 +243,7 @@ def test_a_multi_objective_study_reads_its_values_from_metrics_json(
     _sweep(cfg, launcher)
     trials = _study(cfg).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert all(t.values == [-t.params["x"] ** 2, t.params["x"]] for t in trials)
+    assert all(t.values == [-(t.params["x"] ** 2), t.params["x"]] for t in trials)
     assert launcher.reports == [False] * 3, "Optuna takes no per-epoch values of a multi-objective trial"
     front = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())["solutions"]
     assert {s["number"] for s in front} == {t.number for t in _study(cfg).best_trials}
