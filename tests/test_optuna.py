@@ -209,6 +209,11 @@ def test_n_trials_is_a_total_and_an_interrupted_trial_reruns_in_its_own_director
     assert states == [*[TrialState.COMPLETE] * 4, TrialState.FAIL, TrialState.COMPLETE], "exactly n_trials"
     assert len({tuple(o) for _, o in launcher.jobs}) == 2
 
+    # The same study with x now a list of choices: Optuna cannot mix them, one line says so, no trial is left RUNNING.
+    with pytest.raises(UserError, match="the search space does not fit the study .*'s earlier trials"):
+        _sweep(study_cfg("hydra.sweeper.n_trials=7", x="choice(1, 2)"), launcher)
+    assert TrialState.RUNNING not in {t.state for t in _study(study_cfg()).trials}
+
 
 def test_a_failing_trial_is_told_fail_counts_and_the_sweep_ends_with_one_line(
     study_cfg: Callable[..., DictConfig], tmp_path: Path, capsys: pytest.CaptureFixture

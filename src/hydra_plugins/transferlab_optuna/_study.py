@@ -178,7 +178,16 @@ class OptunaSweep:
         return rerun
 
     def _ask(self, study: optuna.Study, space: SearchSpace) -> tuple[int, list[str]]:
-        trial = study.ask(fixed_distributions=space.distributions)
+        try:
+            trial = study.ask(fixed_distributions=space.distributions)
+        except ValueError as err:  # e.g. a key that was an interval in the study's earlier trials is now a choice
+            for stray in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if OVERRIDES_ATTR not in stray.user_attrs:  # the trial just asked for: nothing ran
+                    self._tell(study, stray.number, state=TrialState.FAIL)
+            raise UserError(
+                f"the search space does not fit the study {study.study_name}'s earlier trials: {one_line(err)}. "
+                "Keep the space, or give another hydra.sweep.dir (or hydra.sweeper.study_name)"
+            ) from None
         overrides = space.overrides(trial.params)
         trial.set_user_attr(OVERRIDES_ATTR, overrides)
         return trial.number, overrides
