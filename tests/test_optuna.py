@@ -237,6 +237,15 @@ def test_a_failing_trial_is_told_fail_counts_and_the_sweep_ends_with_one_line(
     assert launcher.jobs == []
 
 
+def test_trials_per_batch_default_to_the_launchers_jobs(study_cfg: Callable[..., DictConfig]) -> None:
+    assert OptunaSweep(study_cfg(), None, None).n_jobs == 1  # type: ignore[arg-type]
+    assert OptunaSweep(study_cfg("+hydra.launcher.jobs=3"), None, None).n_jobs == 3  # type: ignore[arg-type]
+    given = study_cfg("+hydra.launcher.jobs=3", "hydra.sweeper.n_jobs=2")
+    assert OptunaSweep(given, None, None).n_jobs == 2  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="hydra.sweeper.n_trials=0 must be a whole number of at least 1"):
+        OptunaSweep(study_cfg("hydra.sweeper.n_trials=0"), None, None)  # type: ignore[arg-type]
+
+
 def test_a_multi_objective_study_reads_its_values_from_metrics_json(
     study_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
