@@ -232,8 +232,8 @@ def test_every_target_the_shipped_configs_use_is_allowed() -> None:
     shipped = set()
     for path in (ROOT / "conf").rglob("*.yaml"):
         shipped |= set(re.findall(r"_target_:\s*([\w.]+)", path.read_text()))
-    # trainer, callbacks, loggers, the launcher and the sweeper's pruner are built by the command itself, never from
-    # a stored config
+    # trainer, callbacks, loggers, the launcher and the sweeper's sampler and pruner are built by the command itself,
+    # never from a stored config
     runtime_only = {
         t
         for t in shipped
@@ -244,6 +244,7 @@ def test_every_target_the_shipped_configs_use_is_allowed() -> None:
                 "transferlab.loggers.",
                 "hydra_plugins.",
                 "optuna.pruners.",
+                "optuna.samplers.",
             )
         )
     }

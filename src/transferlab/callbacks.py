@@ -293,6 +293,8 @@ class OptunaPruning(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.handover is None or trainer.sanity_checking or self.pruned_at_epoch is not None:
             return
+        if not self.handover.get("report", True):  # a multi-objective trial: Optuna takes no per-epoch values
+            return
         prune = False
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.is_global_zero and value is not None:  # one process talks to the storage
@@ -310,7 +312,8 @@ class OptunaPruning(pl.Callback):
             from hydra.utils import instantiate
 
             assert self.handover is not None
-            pruner = instantiate(self.handover["pruner"]) if self.handover["pruner"] else None
+            # No pruner: the job still reports every epoch (the study's learning curves), and is never stopped.
+            pruner = instantiate(self.handover["pruner"]) if self.handover["pruner"] else optuna.pruners.NopPruner()
             study = optuna.load_study(
                 study_name=self.handover["study_name"], storage=self.handover["storage"], pruner=pruner
             )

@@ -24,6 +24,6 @@ CKPT_PATH_HINT = f"Pass ckpt_path=<run dir>/{CHECKPOINT_DIR}/{BEST_CHECKPOINT}" 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # How transferlab's Optuna sweeper hands a trial to its job (hydra_plugins.transferlab_optuna): an environment
-# variable holding JSON {"storage", "study_name", "trial", "pruner"}, set per job through hydra.job.env_set.
+# variable holding JSON {"storage", "study_name", "trial", "pruner", "report"}, set per job through hydra.job.env_set.
 OPTUNA_TRIAL_ENV = "TL_OPTUNA_TRIAL"
 OPTUNA_STUDY_DB = "optuna.db"  # the study's SQLite file in the sweep directory, when hydra.sweeper.storage is null
