@@ -27,6 +27,7 @@ from conftest import run_cli, start_cli
 from transferlab.constants import FAILED_FILE, METRICS_FILE, OPTUNA_TRIAL_ENV
 from transferlab.sweeps import EXIT_JOBS_FAILED
 from transferlab.utils.errors import UserError
+from transferlab.utils.optuna_storage import open_storage
 
 optuna = pytest.importorskip("optuna", minversion="4")
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
@@ -172,7 +173,7 @@ def study_cfg(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> Callable[.
 
 
 def _study(cfg: DictConfig) -> Any:
-    storage = f"sqlite:///{Path(cfg.hydra.sweep.dir) / 'optuna.db'}"
+    storage = open_storage(str(Path(cfg.hydra.sweep.dir) / "optuna.db"))
     return optuna.load_study(study_name=cfg.hydra.sweeper.study_name, storage=storage)
 
 
@@ -271,13 +272,13 @@ def _free_port() -> int:
 
 
 def test_optuna_dashboard_serves_the_sweeps_study(study_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
-    """The command the README gives, ``optuna-dashboard sqlite:///<sweep dir>/optuna.db``, lists the study."""
+    """The command the README gives, ``optuna-dashboard <sweep dir>/optuna.db``, lists the study."""
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install optuna-dashboard)")
     cfg = study_cfg("hydra.sweeper.n_trials=2")
     _sweep(cfg, FakeLauncher(tmp_path / "sweep"))
     port = _free_port()
     command = "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; sys.exit(main())"
-    storage = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    storage = str(tmp_path / "sweep" / "optuna.db")  # the bare path: a journal file
     server = subprocess.Popen(
         [sys.executable, "-c", command, storage, "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -340,7 +341,7 @@ def test_a_sweep_killed_mid_trial_resumes_that_trial_in_its_own_directory(tmp_pa
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     (job,) = [p.parent.parent for p in sweep_dir.glob("*/checkpoints/last.ckpt")]
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    storage = open_storage(str(sweep_dir / "optuna.db"))
     assert [t.state for t in optuna.load_study(study_name="debug", storage=storage).trials] == [TrialState.RUNNING]
 
     relaunch = run_cli("tl-train", *args, cwd=tmp_path)
@@ -377,7 +378,7 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_ends_with_one_line(tmp_path
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"error: 1 of 2 jobs failed: {diverged}; see {diverged / 'train.log'}"
     assert "Traceback" not in result.stdout + result.stderr
-    study = optuna.load_study(study_name="debug", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name="debug", storage=open_storage(str(sweep_dir / "optuna.db")))
     states = {t.params["model.optimizer.lr"]: t.state for t in study.trials}
     assert states == {1e9: TrialState.FAIL, 0.001: TrialState.COMPLETE}
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())

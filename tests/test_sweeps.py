@@ -27,6 +27,7 @@ from transferlab.report import report
 from transferlab.runner import build_trainer
 from transferlab.train import run
 from transferlab.utils.errors import UserError
+from transferlab.utils.optuna_storage import open_storage
 from transferlab.utils.resolvers import direction, job_dirname
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -445,7 +446,7 @@ def test_optuna_prunes_trials_clearly_worse_than_the_others(tmp_path: Path) -> N
         assert summaries[n]["epochs"] == 3 and summaries[n]["optuna_trial"]["pruned_at_epoch"] is None
     # The study the sweeper and the jobs shared: pruned trials are PRUNED (not COMPLETE with a bad value), with
     # every epoch's value their job reported; the best trial is a finished one.
-    study = optuna.load_study(study_name="debug", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    study = optuna.load_study(study_name="debug", storage=open_storage(str(sweep_dir / "optuna.db")))
     states = {t.number: t.state for t in study.trials}
     assert {n for n, state in states.items() if state == optuna.trial.TrialState.PRUNED} == pruned
     assert {n for n, state in states.items() if state == optuna.trial.TrialState.COMPLETE} == set(summaries) - pruned

@@ -314,9 +314,10 @@ class OptunaPruning(pl.Callback):
             assert self.handover is not None
             # No pruner: the job still reports every epoch (the study's learning curves), and is never stopped.
             pruner = instantiate(self.handover["pruner"]) if self.handover["pruner"] else optuna.pruners.NopPruner()
-            study = optuna.load_study(
-                study_name=self.handover["study_name"], storage=self.handover["storage"], pruner=pruner
-            )
+            from transferlab.utils.optuna_storage import open_storage
+
+            storage = open_storage(self.handover["storage"])
+            study = optuna.load_study(study_name=self.handover["study_name"], storage=storage, pruner=pruner)
             number = self.handover["trial"]
             frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
             self._trial = optuna.trial.Trial(study, frozen._trial_id)

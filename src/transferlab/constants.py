@@ -26,4 +26,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # How transferlab's Optuna sweeper hands a trial to its job (hydra_plugins.transferlab_optuna): an environment
 # variable holding JSON {"storage", "study_name", "trial", "pruner", "report"}, set per job through hydra.job.env_set.
 OPTUNA_TRIAL_ENV = "TL_OPTUNA_TRIAL"
-OPTUNA_STUDY_DB = "optuna.db"  # the study's SQLite file in the sweep directory, when hydra.sweeper.storage is null
+OPTUNA_STUDY_DB = (
+    "optuna.db"  # the study's Optuna journal file in the sweep directory, when hydra.sweeper.storage is null
+)

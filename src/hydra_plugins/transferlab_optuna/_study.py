@@ -21,6 +21,7 @@ from transferlab.constants import METRICS_FILE, OPTUNA_STUDY_DB, OPTUNA_TRIAL_EN
 from transferlab.sweeps import end_sweep, read_failure
 from transferlab.utils.errors import UserError, one_line
 from transferlab.utils.io import atomic_file
+from transferlab.utils.optuna_storage import open_storage
 
 from ._space import SearchSpace, parse_search_space
 
@@ -81,7 +82,7 @@ class OptunaSweep:
             return self._run(space)
 
     def _run(self, space: SearchSpace) -> list[JobReturn]:
-        storage = self.storage_url or f"sqlite:///{self.sweep_dir / OPTUNA_STUDY_DB}"
+        storage = self.storage_url or str(self.sweep_dir / OPTUNA_STUDY_DB)  # a journal file (utils.optuna_storage)
         # Everything the user wrote is checked before the study is opened (a mistake leaves no trial behind).
         pruner = self._build(self.pruner_config, "hydra.sweeper.pruner") if self.pruner_config else None
         sampler = self._sampler(space, previous=0)
@@ -118,7 +119,7 @@ class OptunaSweep:
         try:
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=storage,
+                storage=open_storage(storage),
                 directions=self.directions,
                 load_if_exists=True,
                 pruner=optuna.pruners.NopPruner(),  # the jobs prune (their callback); the sweeper never does

@@ -6,7 +6,8 @@ process (a job could not report per-epoch values, so nothing could be pruned) an
 trials on every launch. This one:
 
 * keeps the study in a storage that the sweeper and the jobs both reach, by default ``<sweep dir>/optuna.db``
-  (SQLite), so a sweep is persistent and ``optuna-dashboard <sweep dir>/optuna.db`` shows it;
+  (an Optuna journal file, `transferlab.utils.optuna_storage`), so a sweep is persistent and
+  ``optuna-dashboard <sweep dir>/optuna.db`` shows it;
 * hands every job its trial (storage URL, study name, trial number, pruner config) in its environment
   (`transferlab.constants.OPTUNA_TRIAL_ENV`, through ``hydra.job.env_set``, so it stays out of the job's
   directory name); the job's `transferlab.callbacks.OptunaPruning` reports the monitored metric after each
@@ -49,7 +50,7 @@ class OptunaSweeperConf:
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     # minimize or maximize; a list of them for a multi-objective study (then `objectives` names the values)
     direction: Any = "minimize"
-    # An Optuna storage URL; null: sqlite:///<sweep dir>/optuna.db (persistent, what a re-launch continues)
+    # A journal file path or a database URL; null: the journal <sweep dir>/optuna.db (what a re-launch continues)
     storage: Any = None
     study_name: Any = None  # null: Optuna makes one up (a re-launch then needs it: give a name)
     n_trials: int = 20  # the study's total: COMPLETE, PRUNED and FAIL trials all count
