@@ -99,7 +99,8 @@ def test_squeue_says_pending_and_running_the_folders_say_finished_and_failed(
     assert f"- {sweep / 'lr=0.01,seed=1'}: pending (SLURM job 7_5)" in text
     assert f"- {sweep / 'lr=0.01,seed=0'}: running (SLURM job 7_4)" in text
     rows = {r["lr"]: r for r in csv.DictReader((sweep / "report.csv").open())}
-    assert [rows["1e9"][k] for k in ("jobs", "finished", "failed", "diverged", "val/acc_n")] == ["2", "0", "1", "1", "0"]
+    columns = ("jobs", "finished", "failed", "diverged", "val/acc_n")
+    assert [rows["1e9"][k] for k in columns] == ["2", "0", "1", "1", "0"]
     assert rows["0.1"]["failed"] == rows["0.1"]["diverged"] == "0"
 
 

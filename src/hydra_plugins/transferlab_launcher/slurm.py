@@ -22,8 +22,8 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
