@@ -33,7 +33,7 @@ def failed(path: Path, outcome: str, error: str) -> None:
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    """Six jobs of a SLURM sweep in every state, with their SLURM ids in slurm_jobs.json."""
+    """Eight jobs of a SLURM sweep in every state, with their SLURM ids in slurm_jobs.json."""
     root = tmp_path / "sweep"
     jobs = {
         "7_0": job_dir(root, ["lr=0.1", "seed=0"], acc=0.5),
@@ -43,8 +43,10 @@ def sweep(tmp_path: Path) -> Path:
         "7_4": job_dir(root, ["lr=0.01", "seed=0"]),
         "7_5": job_dir(root, ["lr=0.01", "seed=1"], started=False),  # pending: no folder yet
         "7_6": job_dir(root, ["lr=0.001", "seed=0"]),  # left the queue without a result
+        "7_7": job_dir(root, ["lr=0.001", "seed=1"]),  # failed before, re-launched: waits to run again
     }
     failed(jobs["7_2"], "diverged", "the training loss became NaN/Inf at step 3")
+    failed(jobs["7_7"], "failed", "an earlier launch's failure")
     failed(jobs["7_3"], "failed", "KeyError: 'lost'")
     entries = [{"job_id": i, "dir": str(d), "overrides": d.name.split(",")} for i, d in jobs.items()]
     (root / SLURM_MANIFEST).write_text(json.dumps({"jobs": entries}))
@@ -70,7 +72,10 @@ def statuses(sweep: Path) -> dict[str, str]:
 def test_squeue_says_pending_and_running_the_folders_say_finished_and_failed(
     sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bin_dir = fake_squeue(tmp_path / "bin", ["7_4|RUNNING", "7_5|PENDING", "7_6|CANCELLED", "8_0|RUNNING"])
+    bin_dir = fake_squeue(
+        tmp_path / "bin",
+        ["7_2|COMPLETING", "7_4|RUNNING", "7_5|PENDING", "7_6|CANCELLED", "7_7|PENDING", "8_0|RUNNING"],
+    )
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert statuses(sweep) == {
         "lr=0.1,seed=0": "finished",
@@ -80,12 +85,13 @@ def test_squeue_says_pending_and_running_the_folders_say_finished_and_failed(
         "lr=0.01,seed=0": "running",
         "lr=0.01,seed=1": "pending",
         "lr=0.001,seed=0": "stopped (CANCELLED)",
+        "lr=0.001,seed=1": "pending",
     }
     assert (bin_dir / "calls").read_text().split()[-1] == "--jobs=7"  # one query, for the sweep's array
 
     text = report([str(sweep)])
-    assert "7 jobs in 4 groups" in text
-    assert "status: 2 finished, 1 failed, 1 diverged, 1 running, 1 pending, 1 stopped (CANCELLED)" in text
+    assert "8 jobs in 4 groups" in text
+    assert "status: 2 finished, 1 failed, 1 diverged, 1 running, 2 pending, 1 stopped (CANCELLED)" in text
     assert "| lr | jobs | failed | best" not in text  # no monitor in these jobs: the metric columns follow
     assert "| lr | jobs | failed | val/acc |" in text
     assert "| 1e9 | 0/2 | 1 failed, 1 diverged | – |" in text

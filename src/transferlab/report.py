@@ -106,13 +106,13 @@ def job_status(job_dir: Path, squeue_state: str | None, asked_squeue: bool) -> s
     """A job's status from its folder and, for a SLURM job, squeue's state (see the module docstring)."""
     if (job_dir / METRICS_FILE).is_file():
         return "finished"
-    if squeue_state in SQUEUE_PENDING:
+    if squeue_state in SQUEUE_PENDING:  # before failed.json: a failed job re-launched, waiting to run again
         return "pending"
+    failure = read_failure(job_dir)
+    if failure is not None:  # before squeue's RUNNING: a job still exiting after it recorded its failure
+        return "diverged" if failure.get("outcome") == "diverged" else "failed"
     if squeue_state in SQUEUE_RUNNING:
         return "running"
-    failure = read_failure(job_dir)
-    if failure is not None:
-        return "diverged" if failure.get("outcome") == "diverged" else "failed"
     if asked_squeue:  # squeue answered: the job has ended (or was forgotten) without a result
         return f"stopped ({squeue_state})" if squeue_state else "stopped"
     return "running or stopped" if (job_dir / ".hydra").is_dir() else "pending"
