@@ -178,7 +178,7 @@ def died(job: Any, overrides: list[str], job_dir: Path, err: BaseException) -> A
     from hydra.core.utils import JobReturn, JobStatus
 
     from transferlab.constants import FAILED_FILE
-    from transferlab.sweeps import JobFailed
+    from transferlab.sweeps import JobFailed, read_failure
     from transferlab.utils.io import write_json_atomic
 
     err_log = Path(job.paths.stderr)
@@ -191,9 +191,11 @@ def died(job: Any, overrides: list[str], job_dir: Path, err: BaseException) -> A
         state = getattr(job, "state", "UNKNOWN")
         reason = f"SLURM job {job.job_id} ended without a result (state {state})"
     log_file = err_log if err_log.is_file() else None
-    job_dir.mkdir(parents=True, exist_ok=True)
-    record = {"outcome": "failed", "error": reason, "log": str(log_file) if log_file else None}
-    write_json_atomic(job_dir / FAILED_FILE, record)
+    recorded = read_failure(job_dir)
+    if recorded is None or recorded.get("error") != reason:  # the job's own record (died after it) stays
+        job_dir.mkdir(parents=True, exist_ok=True)
+        record = {"outcome": "failed", "error": reason, "log": str(log_file) if log_file else None}
+        write_json_atomic(job_dir / FAILED_FILE, record)
     where = f"; its log: {log_file}" if log_file else ""
     print(f"error: job {job_dir.name}: {reason}{where}", file=sys.stderr, flush=True)
     ret = JobReturn(overrides=overrides, hydra_cfg=runtime_cfg(job_dir), status=JobStatus.FAILED)
