@@ -255,7 +255,8 @@ def _check(cfg: object, multirun: bool) -> None:
 
 
 def check_launcher(cfg: Any) -> None:
-    """Every launcher setting derived from the config resolves (e.g. the GPUs a SLURM job asks for)."""
+    """Every launcher setting derived from the config resolves (e.g. the GPUs a SLURM job asks for), and
+    submit-and-go (``hydra.launcher.wait=false``) is asked only of a sweeper that needs no results."""
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
 
@@ -267,6 +268,15 @@ def check_launcher(cfg: Any) -> None:
             prefix = "ValueError raised while resolving interpolation: "  # a transferlab resolver's own message
             if str(err).startswith(prefix):
                 raise UserError(f"hydra.launcher.{key}: {_first_line(err).removeprefix(prefix)}") from None
+    sweeper = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    sweeper = sweeper.get("hydra/sweeper", "basic")
+    if OmegaConf.select(cfg, "hydra.launcher.wait") is False and sweeper != "basic":
+        name = "sweep=optuna" if "optuna" in str(sweeper) else f"hydra/sweeper={sweeper}"
+        raise UserError(
+            f"hydra.launcher.wait=false cannot run {name}: it picks each new job from the results of the "
+            "finished ones, so it must wait for them. Drop hydra.launcher.wait=false (run the sweep inside a "
+            "SLURM job or a tmux session to close the laptop meanwhile)"
+        )
 
 
 def check_writable(path: Path, key: str) -> None:

@@ -14,6 +14,7 @@ CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 # What a run directory holds.
 FAILED_FILE = "failed.json"  # a sweep job that raised: its one-line reason and log (transferlab.sweeps)
 METRICS_FILE = "metrics.json"  # a run's results, written last (atomically): its presence marks the run finished
+SLURM_MANIFEST = "slurm_jobs.json"  # a SLURM sweep's submitted jobs: id, directory, overrides (in the sweep dir)
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"

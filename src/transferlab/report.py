@@ -1,8 +1,11 @@
 """`tl-report DIR…`: turn sweeps into a results table (mean ± std over seeds) and, optionally, plots: the final
 metric against the swept key, and learning curves from the runs' TensorBoard events (mean and band over seeds).
 
-Jobs are found by Hydra's ``.hydra/`` folder or transferlab's ``metrics.json``; a job without ``metrics.json``
-did not finish (failed, killed or still running) and is listed as such rather than dropped. Jobs are grouped by
+Jobs are found by Hydra's ``.hydra/`` folder, transferlab's ``metrics.json`` and ``failed.json``, and a SLURM
+sweep's ``slurm_jobs.json`` (jobs submitted but not started have no folder yet). Each job has a status: finished
+(``metrics.json``), failed or diverged (``failed.json``), else pending or running as ``squeue`` says where there
+is one, else from its folder (none yet: pending; a folder without results: running or stopped). Only finished
+jobs enter the means; the others are counted and listed with their status or one-line reason. Jobs are grouped by
 their overrides except the ignored keys (``seed`` by default), so the spread over seeds becomes a ± column.
 Task-agnostic: metrics are whatever the jobs logged under ``val/…`` and ``test/…`` (accuracy, PSNR, …).
 """
@@ -15,7 +18,9 @@ import io
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +28,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from transferlab.constants import METRICS_FILE
+from transferlab.constants import FAILED_FILE, METRICS_FILE, SLURM_MANIFEST
 from transferlab.curves import finish_png, has_events, mean_band, plot_curves, pyplot, read_scalars
+from transferlab.sweeps import read_failure
 from transferlab.utils.errors import UserError, closest, report_user_errors
 from transferlab.utils.io import atomic_file
 
@@ -38,6 +44,12 @@ class Job:
     metrics: dict[str, float] | None
     monitored: str | None = None  # the metric the run's checkpointing and early stopping watched
     pruned_at_epoch: int | None = None  # an Optuna trial stopped early by its pruner (sweep=optuna)
+    status: str = (
+        "finished"  # finished, failed, diverged, pending, running, stopped (<SLURM state>), running or stopped
+    )
+    error: str | None = None  # a failed job's one-line reason (failed.json)
+    log: str | None = None  # where a failed job's details are
+    slurm_id: str | None = None  # its SLURM job id (slurm_jobs.json)
 
 
 @dataclass
@@ -53,6 +65,9 @@ class Group:
     def pruned(self) -> int:
         return sum(job.pruned_at_epoch is not None for job in self.jobs)
 
+    def count(self, status: str) -> int:
+        return sum(job.status == status for job in self.jobs)
+
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
     """``["model.backbone.name=resnet18", "seed=1"]`` → ``{"model.backbone.name": "resnet18", "seed": "1"}``."""
@@ -61,6 +76,46 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
         key, _, value = item.partition("=")
         parsed[key.lstrip("+~")] = value
     return parsed
+
+
+# squeue's states of a job that has not ended (anything else has ended: COMPLETED, FAILED, CANCELLED, TIMEOUT, …).
+SQUEUE_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
+SQUEUE_RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"}
+STATUS_ORDER = ("finished", "failed", "diverged", "running", "pending", "running or stopped")
+
+
+def squeue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """SLURM's state of each of `job_ids` (array tasks as ``123_4``) from ``squeue``, finished jobs included
+    while SLURM still lists them; None where there is no squeue (or it does not answer)."""
+    if not job_ids or shutil.which("squeue") is None:
+        return None
+    arrays = ",".join(sorted({job_id.split("_")[0] for job_id in job_ids}))
+    base = ["squeue", "--array", "--states=all", "--noheader", "--format=%i|%T"]
+    for command in ([*base, f"--jobs={arrays}"], base):  # -j fails outright once one id is forgotten: ask for all
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode == 0:
+            states = dict(line.strip().split("|", 1) for line in result.stdout.splitlines() if "|" in line)
+            return {job_id: states[job_id] for job_id in job_ids if job_id in states}
+    return None
+
+
+def job_status(job_dir: Path, squeue_state: str | None, asked_squeue: bool) -> str:
+    """A job's status from its folder and, for a SLURM job, squeue's state (see the module docstring)."""
+    if (job_dir / METRICS_FILE).is_file():
+        return "finished"
+    if squeue_state in SQUEUE_PENDING:  # before failed.json: a failed job re-launched, waiting to run again
+        return "pending"
+    failure = read_failure(job_dir)
+    if failure is not None:  # before squeue's RUNNING: a job still exiting after it recorded its failure
+        return "diverged" if failure.get("outcome") == "diverged" else "failed"
+    if squeue_state in SQUEUE_RUNNING:
+        return "running"
+    if asked_squeue:  # squeue answered: the job has ended (or was forgotten) without a result
+        return f"stopped ({squeue_state})" if squeue_state else "stopped"
+    return "running or stopped" if (job_dir / ".hydra").is_dir() else "pending"
 
 
 def read_job(job_dir: Path) -> Job:
@@ -85,15 +140,46 @@ def read_job(job_dir: Path) -> Job:
 
 
 def find_jobs(dirs: Sequence[Path]) -> list[Job]:
-    """Every job under `dirs` (a sweep directory, a single run, or a parent of several)."""
+    """Every job under `dirs` (a sweep directory, a single run, or a parent of several), with its status."""
     job_dirs: set[Path] = set()
+    submitted: dict[Path, dict[str, Any]] = {}  # job dir → its slurm_jobs.json entry
     for root in dirs:
         if not root.is_dir():
             raise UserError(f"{root} is not a directory. Pass sweep or run directories, e.g. outputs/multirun/<date>")
-        job_dirs.update(marker.parent.resolve() for marker in (*root.rglob(METRICS_FILE), *root.rglob(".hydra")))
+        markers = (*root.rglob(METRICS_FILE), *root.rglob(FAILED_FILE), *root.rglob(".hydra"))
+        job_dirs.update(marker.parent.resolve() for marker in markers)
+        for manifest in root.rglob(SLURM_MANIFEST):
+            submitted.update(read_manifest(manifest))
+    job_dirs.update(submitted)
     if not job_dirs:
         raise UserError(f"no jobs found under {', '.join(map(str, dirs))}. Pass directories tl-train wrote")
-    return [read_job(path) for path in sorted(job_dirs)]
+    ids = [entry["job_id"] for entry in submitted.values()]
+    states = squeue_states(ids)
+    jobs = []
+    for path in sorted(job_dirs):
+        entry = submitted.get(path)
+        job = read_job(path)
+        if entry is not None:
+            job.slurm_id = entry["job_id"]
+            job.overrides = job.overrides or parse_overrides(entry["overrides"])
+        state = states.get(job.slurm_id) if states is not None and job.slurm_id else None
+        job.status = job_status(path, state, asked_squeue=states is not None and job.slurm_id is not None)
+        if job.status == "finished" and job.metrics is None:  # metrics.json appeared while we looked
+            job.status = "running or stopped"
+        failure = read_failure(path) if job.status in ("failed", "diverged") else None
+        if failure is not None:
+            job.error, job.log = failure.get("error"), failure.get("log")
+        jobs.append(job)
+    return jobs
+
+
+def read_manifest(path: Path) -> dict[Path, dict[str, Any]]:
+    """The jobs a SLURM sweep submitted (``slurm_jobs.json``, written by its launcher): job dir → entry."""
+    try:
+        entries = json.loads(path.read_text())["jobs"]
+        return {Path(entry["dir"]).resolve(): entry for entry in entries if entry["job_id"] and entry["dir"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a readable list of SLURM jobs. Delete it if the sweep is not SLURM's") from None
 
 
 def default_metrics(jobs: Sequence[Job]) -> list[str]:
@@ -142,15 +228,24 @@ def format_cell(values: Sequence[float]) -> str:
     return f"{mean:.4f}{spread} (n={len(values)})"
 
 
+def failed_cell(group: Group) -> str:
+    """``1 failed, 2 diverged``, or ``0``."""
+    counts = [f"{n} {status}" for status in ("failed", "diverged") if (n := group.count(status))]
+    return ", ".join(counts) or "0"
+
+
 def markdown_table(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> str:
-    """One row per group; a "pruned" column when Optuna stopped some of the jobs early."""
+    """One row per group (its finished jobs / all its jobs); a "failed" column when some jobs failed or diverged
+    and a "pruned" one when Optuna stopped some of them early."""
     any_pruned = any(group.pruned() for group in groups)
-    header = [*keys, "jobs", *(["pruned"] if any_pruned else []), *metrics]
+    any_failed = any(group.count("failed") + group.count("diverged") for group in groups)
+    header = [*keys, "jobs", *(["failed"] if any_failed else []), *(["pruned"] if any_pruned else []), *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         overrides = dict(group.key)
         finished = sum(job.metrics is not None for job in group.jobs)
         cells = [overrides.get(k, "") for k in keys] + [f"{finished}/{len(group.jobs)}"]
+        cells += [failed_cell(group)] if any_failed else []
         cells += [str(group.pruned())] if any_pruned else []
         cells += [format_cell(group.values(metric)) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
@@ -160,12 +255,13 @@ def markdown_table(groups: Sequence[Group], keys: Sequence[str], metrics: Sequen
 def csv_text(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    header = [*keys, "jobs", "finished", "pruned"]
+    header = [*keys, "jobs", "finished", "failed", "diverged", "pruned"]
     writer.writerow(header + [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")])
     for group in groups:
         overrides = dict(group.key)
         row: list[Any] = [overrides.get(k, "") for k in keys]
-        row += [len(group.jobs), sum(job.metrics is not None for job in group.jobs), group.pruned()]
+        row += [len(group.jobs), sum(job.metrics is not None for job in group.jobs)]
+        row += [group.count("failed"), group.count("diverged"), group.pruned()]
         for metric in metrics:
             values = group.values(metric)
             mean, std = mean_std(values)
@@ -313,6 +409,7 @@ def report(argv: Sequence[str] | None = None) -> str:
     constant = sorted({f"{k}={v}" for group in groups for k, v in group.key if k not in keys})
 
     text = [f"{len(jobs)} jobs in {len(groups)} groups (grouped by overrides except {', '.join(ignore) or 'none'})"]
+    text.append("status: " + status_counts(jobs))
     if constant:
         text.append(f"common overrides: {' '.join(constant)}")
     text += ["", markdown_table(groups, keys, metrics)]
@@ -324,10 +421,17 @@ def report(argv: Sequence[str] | None = None) -> str:
             "clearly worse than the others; their metrics come from fewer epochs:",
         ]
         text += [f"- {job.path.name} (epoch {job.pruned_at_epoch + 1})" for job in pruned]
-    unfinished = [job for job in jobs if job.metrics is None]
+    failed = [job for job in jobs if job.status in ("failed", "diverged")]
+    if failed:
+        text += ["", f"Failed jobs (left out of the means; the reason from their {FAILED_FILE}):"]
+        text += [f"- {job.path}: {job.status}: {job.error or 'no reason recorded'}" for job in failed]
+    unfinished = [job for job in jobs if job.metrics is None and job not in failed]
     if unfinished:
-        text += ["", f"Unfinished jobs (no {METRICS_FILE}: failed, killed or still running):"]
-        text += [f"- {job.path}" for job in unfinished]
+        text += ["", f"Unfinished jobs (no {METRICS_FILE} yet):"]
+        text += [
+            f"- {job.path}: {job.status}" + (f" (SLURM job {job.slurm_id})" if job.slurm_id else "")
+            for job in unfinished
+        ]
 
     markdown_path = args.markdown or args.dirs[0] / "report.md"
     csv_path = args.csv or args.dirs[0] / "report.csv"
@@ -342,6 +446,15 @@ def report(argv: Sequence[str] | None = None) -> str:
         tmp.write_text("\n".join(text) + "\n")
     text += ["", f"Markdown: {markdown_path}", f"CSV: {csv_path}"]
     return "\n".join(text)
+
+
+def status_counts(jobs: Sequence[Job]) -> str:
+    """``3 finished, 1 diverged, 2 pending``: every status present, in a fixed order."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    order = [*STATUS_ORDER, *sorted(set(counts) - set(STATUS_ORDER))]
+    return ", ".join(f"{counts[status]} {status}" for status in order if status in counts)
 
 
 def draw_plots(

@@ -1,5 +1,6 @@
 """Sweeps through a real SLURM scheduler (tests/slurm/cluster.py): one SLURM job per sweep job, results where a
-local sweep puts them, one-line errors for requests the cluster cannot meet or jobs that fail, a quiet console,
+local sweep puts them, one-line errors for requests the cluster cannot meet, failed jobs that do not sink the
+sweep, submit-and-go with tl-report following the jobs, a quiet console,
 several tasks of one job forming a DDP group, and a job stopped at its time limit that is requeued and resumes.
 """
 
@@ -8,12 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, start_cli
+from transferlab.constants import METRICS_FILE, SLURM_MANIFEST
 from transferlab.report import report
+from transferlab.sweeps import EXIT_JOBS_FAILED, read_failure
 
 pytestmark = pytest.mark.slurm
 
@@ -86,15 +92,131 @@ def test_requests_the_cluster_cannot_meet_are_one_line(
     assert not slurm_cluster.squeue().strip(), "nothing is left waiting in the queue"
 
 
-def test_a_failed_job_names_its_error_and_its_slurm_log(slurm_cluster, tmp_path: Path) -> None:
-    # ImageNet weights cannot be fetched offline: the job itself fails, on the cluster, with a one-line error.
-    args = ["-m", "hydra/launcher=slurm", *TINY_JOB, "model.backbone.weights=IMAGENET1K_V1"]
-    result = run_cli("tl-train", *args, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
+def test_a_diverging_job_does_not_sink_the_slurm_sweep(slurm_cluster, tmp_path: Path) -> None:
+    """The diverging job records failed.json on the cluster, the other one runs to the end, and the sweep ends
+    with the one-line summary (exit status 1); tl-report marks the failed job instead of leaving it out."""
+    sweep = tmp_path / "s"
+    args = ["-m", "hydra/launcher=slurm", *TINY_JOB, "model.optimizer.lr=1e9,0.001", f"hydra.sweep.dir={sweep}"]
+    result = run_cli("tl-train", *args, cwd=tmp_path, timeout=300)
+    assert result.returncode == EXIT_JOBS_FAILED, result.stderr[-3000:]
+    diverged = sweep / "debug=tiny,model.optimizer.lr=1000000000.0"
+    assert (sweep / "debug=tiny,model.optimizer.lr=0.001" / METRICS_FILE).is_file(), "the other job ran"
+    record = read_failure(diverged)
+    assert record is not None and record["outcome"] == "diverged" and "NaN/Inf" in record["error"], record
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: a SLURM job failed: could not fetch"), result.stderr[-2000:]
-    log = Path(re.search(r"its log: (\S+)", last).group(1))
-    assert log.is_file() and log.name.endswith("_log.err")
+    assert last == f"error: 1 of 2 jobs failed: {diverged}; see {diverged / 'train.log'}", result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    text = report([str(sweep)])
+    assert "status: 1 finished, 1 diverged" in text
+    assert f"- {diverged}: diverged: {record['error']}" in text
+
+
+def test_a_job_killed_on_the_cluster_gets_its_failure_recorded_by_the_launcher(slurm_cluster, tmp_path: Path) -> None:
+    """A job that dies without a result (killed, as the OOM killer would) cannot write failed.json itself: the
+    launcher writes it, naming the job's SLURM log, and the sweep goes on to its end (exit status 1)."""
+    sweep = tmp_path / "s"
+    args = ["-m", "hydra/launcher=slurm", *TINY_JOB, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    log = tmp_path / "sweep.log"
+    sweep_process = start_cli("tl-train", *args, cwd=tmp_path, log=log)
+    try:
+        victim = wait_for_state(slurm_cluster, "RUNNING", sweep_process)
+        killed = subprocess.run(["scancel", "--signal=KILL", victim], env=slurm_cluster.env, check=False)
+        assert killed.returncode == 0
+        assert sweep_process.wait(timeout=300) == EXIT_JOBS_FAILED, log.read_text()[-3000:]
+    finally:
+        if sweep_process.poll() is None:
+            os.killpg(sweep_process.pid, signal.SIGKILL)
+    job_dir = sweep / f"debug=tiny,seed={victim.split('_')[1]}"
+    record = read_failure(job_dir)
+    assert record is not None, log.read_text()[-3000:]
+    assert re.fullmatch(rf"SLURM job {victim} ended without a result \(state \w+\)", record["error"]), record
+    assert record["log"] == str(sweep / ".submitit" / victim / f"{victim}_0_log.err")
+    other = sweep / f"debug=tiny,seed={1 - int(victim.split('_')[1])}"
+    assert (other / METRICS_FILE).is_file(), "the other job ran to its end"
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == f"error: 1 of 2 jobs failed: {job_dir}; see {record['log']}"
+    assert "failed: SLURM job" in report([str(sweep)])
+
+
+def test_submit_and_go_returns_at_once_and_tl_report_follows_the_jobs(slurm_cluster, tmp_path: Path) -> None:
+    """hydra.launcher.wait=false on a node held full: the command ends while both jobs still wait, printing
+    their ids and how to look later; tl-report then sees them pending, running and finished."""
+    blocker = sbatch_blocker(slurm_cluster, tmp_path)
+    sweep = tmp_path / "s"
+    args = [
+        "-m",
+        "hydra/launcher=slurm",
+        *TINY_JOB,
+        "seed=0,1",
+        "hydra.launcher.wait=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    result = run_cli("tl-train", *args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = re.search(r"Submitted 2 SLURM job\(s\): (\S+) (\S+)\n", result.stdout)
+    assert ids, result.stdout
+    assert f"Sweep directory: {sweep}\n" in result.stdout and f"Look later: tl-report {sweep}\n" in result.stdout
+    queue = ["squeue", "--array", "-h", "-o", "%i %T"]
+    queued = dict(
+        line.split() for line in subprocess.check_output(queue, env=slurm_cluster.env, text=True).splitlines()
+    )
+    assert [queued.get(job) for job in ids.groups()] == ["PENDING", "PENDING"], queued  # it did not wait
+    manifest = json.loads((sweep / SLURM_MANIFEST).read_text())["jobs"]
+    assert [(e["job_id"], e["dir"]) for e in manifest] == [
+        (ids.group(i + 1), str(sweep / f"debug=tiny,seed={i}")) for i in (0, 1)
+    ]
+    text = report([str(sweep)])
+    assert "status: 2 pending" in text
+    assert f"- {sweep / 'debug=tiny,seed=0'}: pending (SLURM job {ids.group(1)})" in text
+
+    subprocess.run(["scancel", blocker], env=slurm_cluster.env, check=True)
+    seen = set()
+    deadline = time.monotonic() + 300
+    while "status: 2 finished" not in text and time.monotonic() < deadline:
+        text = report([str(sweep)])
+        seen.add(text.splitlines()[1])
+        time.sleep(0.5)
+    assert "status: 2 finished" in text, text
+    assert any("running" in line for line in seen), seen
+    (row,) = report_rows(sweep)[2:]  # only seeds vary: one row, no override columns
+    assert row.startswith("| 2/2 |"), row
+    assert "Unfinished" not in text and "Failed" not in text
+
+
+def test_submit_and_go_refuses_optuna(slurm_cluster, tmp_path: Path) -> None:
+    args = ["-m", "hydra/launcher=slurm", "sweep=optuna", *TINY_JOB, "hydra.launcher.wait=false"]
+    result = run_cli("tl-train", *args, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.launcher.wait=false cannot run sweep=optuna: it picks each new job from the results of the "
+        "finished ones, so it must wait for them. Drop hydra.launcher.wait=false (run the sweep inside a SLURM job "
+        "or a tmux session to close the laptop meanwhile)"
+    ]
+    assert not slurm_cluster.squeue().strip(), "nothing was submitted"
+
+
+def sbatch_blocker(cluster, folder: Path) -> str:
+    """A job holding every CPU of the node (so the next ones stay pending), once it runs: its id."""
+    command = ["sbatch", "--parsable", f"--cpus-per-task={os.cpu_count()}", "--job-name=blocker"]
+    command += [f"--output={folder / 'blocker.out'}", "--wrap=sleep 600"]
+    job = subprocess.run(command, env=cluster.env, capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 60
+    while cluster.job(job).get("JobState") != "RUNNING":
+        assert time.monotonic() < deadline, cluster.job(job)
+        time.sleep(0.2)
+    return job
+
+
+def wait_for_state(cluster, state: str, process: subprocess.Popen, timeout: float = 120) -> str:
+    """The first sweep job (``<array>_<i>``) squeue shows in `state`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in cluster.squeue().splitlines():
+            job, _, job_state = line.split()
+            if job_state == state and "_" in job:
+                return job
+        time.sleep(0.2)
+    raise AssertionError(f"no job reached {state} (sweep exit status {process.poll()})")
 
 
 def test_two_tasks_of_one_job_form_one_ddp_group(slurm_cluster, tmp_path: Path) -> None:

@@ -16,20 +16,22 @@ Hydra only loads launcher plugins from the ``hydra_plugins`` namespace, hence th
 imports nothing heavy: Hydra imports every plugin module at start-up, ``--help`` included.
 """
 
-from __future__ import annotations
-
 import functools
 import logging
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 
 EXIT_USER_ERROR = 2  # as transferlab.utils.errors (not imported: plugins must load fast)
+log = logging.getLogger(__name__)
 RESOURCE_KEYS = "hydra.launcher.partition (sinfo lists them), cpus_per_task, mem_gb, gpus_per_node, timeout_min"
 
 
@@ -52,8 +54,29 @@ SQUEUE_STATES = {
 }
 
 
+@dataclass
+class TransferlabSlurmConf(SlurmQueueConf):
+    """submitit's SLURM settings plus ``wait``: false submits the sweep and returns (submit and go)."""
+
+    _target_: str = "hydra_plugins.transferlab_launcher.slurm.SlurmLauncher"
+    wait: bool = True
+
+
+# The schema conf/hydra/launcher/slurm.yaml starts from (a structured config refuses keys it does not declare).
+ConfigStore.instance().store(
+    group="hydra/launcher", name="transferlab_slurm", node=TransferlabSlurmConf, provider="transferlab"
+)
+
+
 class SlurmLauncher(SubmititSlurmLauncher):
+    def __init__(self, **params: Any) -> None:
+        self.wait = bool(params.pop("wait", True))  # not a submitit parameter: never handed to the executor
+        super().__init__(**params)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        """Submit one SLURM job per sweep job; with ``wait`` collect every job's `JobReturn` (a job that died
+        without a result gets a FAILED one and its ``failed.json``), without it return at once."""
+        from hydra.core.utils import JobReturn, JobStatus
         from submitit.core.utils import FailedJobError, UncompletedJobError
         from submitit.slurm.slurm import SlurmJob
 
@@ -62,19 +85,148 @@ class SlurmLauncher(SubmititSlurmLauncher):
         SlurmJob.watcher = watcher  # a class attribute: every job of this process polls through it
         failures = (FailedJobError, UncompletedJobError)
         try:
-            returns = super().launch(job_overrides, initial_job_idx)
-        except failures as err:
-            self.fail(watcher.never_starts or describe_failure(str(err)))
-        for job in returns:  # a job submitit gave up on (e.g. requeued max_num_timeout times) returns its error
-            error = getattr(job, "_return_value", None)
-            if isinstance(error, failures):
-                self.fail(describe_failure(str(error)))
+            jobs = self.submit(job_overrides, initial_job_idx)
+        except failures as err:  # sbatch refused the array: nothing runs, a user error for the whole sweep
+            self.fail(describe_failure(str(err)))
+        dirs = [self.job_dir(o, initial_job_idx + i, job.job_id) for i, (o, job) in enumerate(zip(job_overrides, jobs))]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        write_manifest(sweep_dir, [(job.job_id, d, list(o)) for job, d, o in zip(jobs, dirs, job_overrides)])
+        if not self.wait:
+            print_submitted(sweep_dir, [job.job_id for job in jobs])
+            return [
+                JobReturn(overrides=list(o), hydra_cfg=runtime_cfg(d), status=JobStatus.UNKNOWN)
+                for o, d in zip(job_overrides, dirs)
+            ]
+        returns = []
+        for job, overrides, job_dir in zip(jobs, job_overrides, dirs):
+            try:
+                ret = job.results()[0]
+                error = getattr(ret, "_return_value", None)  # a job submitit gave up on returns its error
+                if isinstance(error, failures):
+                    raise error
+            except failures as err:
+                if watcher.never_starts:  # cancelled by the watcher: the whole sweep asks for the impossible
+                    self.fail(watcher.never_starts)
+                ret = died(job, list(overrides), job_dir, err)
+            returns.append(ret)
         return returns
 
+    def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+        """hydra-submitit-launcher's submission (its `launch` without the wait): the submitit jobs, in order."""
+        import submitit
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import filter_overrides
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+        from omegaconf import OmegaConf
+
+        assert self.config is not None
+        init_keys = {"max_num_timeout", "submitit_folder"}
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_max_num_timeout": self.params[k] for k in ("max_num_timeout",) if k in self.params},
+        )
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k not in init_keys}
+        )
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            sweep_dir.chmod(int(str(self.config.hydra.sweep.mode), 8))
+        job_params = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        return list(executor.map_array(self, *zip(*job_params)))
+
+    def job_dir(self, overrides: Sequence[str], idx: int, job_id: str) -> Path:
+        """Where job `idx` writes (what Hydra's `run_job` will make of ``hydra.sweep.dir``/``subdir``), known
+        before the job starts: for the manifest and for a job that dies before it gets there."""
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf, open_dict
+
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra.job):
+            config.hydra.job.id = job_id
+            config.hydra.job.num = idx
+        saved = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the sub-directory's name
+        try:
+            sub = OmegaConf.select(config, "hydra.sweep.subdir")
+            return Path(str(config.hydra.sweep.dir), str(sub)).absolute()
+        finally:
+            HydraConfig.instance().cfg = saved
+
     @staticmethod
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+def runtime_cfg(job_dir: Path) -> Any:
+    """The part of a job's Hydra config that `transferlab.sweeps.failure_summary` reads: its directory."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"hydra": {"runtime": {"output_dir": str(job_dir)}}})
+
+
+def died(job: Any, overrides: list[str], job_dir: Path, err: BaseException) -> Any:
+    """A FAILED `JobReturn` for a SLURM job that ended without a result (killed, out of memory, cancelled, out
+    of time), with its ``failed.json``: the job's own last ``error:`` line, else how SLURM ended it."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from transferlab.constants import FAILED_FILE
+    from transferlab.sweeps import JobFailed, read_failure
+    from transferlab.utils.io import write_json_atomic
+
+    err_log = Path(job.paths.stderr)
+    own = last_error_line(err_log)
+    if own is not None:
+        reason = own.split(": ", 1)[1] if own.startswith(f"job {job_dir.name}: ") else own
+    elif "timed-out too many times" in str(err):
+        reason = describe_failure(str(err))
+    else:
+        state = getattr(job, "state", "UNKNOWN")
+        reason = f"SLURM job {job.job_id} ended without a result (state {state})"
+    log_file = err_log if err_log.is_file() else None
+    recorded = read_failure(job_dir)
+    if recorded is None or recorded.get("error") != reason:  # the job's own record (died after it) stays
+        job_dir.mkdir(parents=True, exist_ok=True)
+        record = {"outcome": "failed", "error": reason, "log": str(log_file) if log_file else None}
+        write_json_atomic(job_dir / FAILED_FILE, record)
+    where = f"; its log: {log_file}" if log_file else ""
+    print(f"error: job {job_dir.name}: {reason}{where}", file=sys.stderr, flush=True)
+    ret = JobReturn(overrides=overrides, hydra_cfg=runtime_cfg(job_dir), status=JobStatus.FAILED)
+    ret.return_value = JobFailed(reason)
+    return ret
+
+
+def write_manifest(sweep_dir: Path, jobs: list[tuple[str, Path, list[str]]]) -> None:
+    """``<sweep dir>/slurm_jobs.json``: SLURM job id, job directory and overrides of every submitted job, so
+    ``tl-report`` can name jobs still pending (which have no directory yet) and ask ``squeue`` about them. A
+    re-launch into the same sweep updates the entries of the jobs it submits again."""
+    import json
+
+    from transferlab.constants import SLURM_MANIFEST
+    from transferlab.utils.io import write_json_atomic
+
+    path = sweep_dir / SLURM_MANIFEST
+    try:
+        known = {entry["dir"]: entry for entry in json.loads(path.read_text())["jobs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        known = {}
+    for job_id, job_dir, overrides in jobs:
+        known[str(job_dir)] = {"job_id": job_id, "dir": str(job_dir), "overrides": overrides}
+    write_json_atomic(path, {"jobs": list(known.values())})
+
+
+def print_submitted(sweep_dir: Path, job_ids: list[str]) -> None:
+    """What submit-and-go leaves on the console: the job ids, where the results go and how to look later."""
+    print(f"Submitted {len(job_ids)} SLURM job(s): {' '.join(job_ids)}", flush=True)
+    print(f"Sweep directory: {sweep_dir}", flush=True)
+    print(f"Look later: tl-report {sweep_dir}", flush=True)
 
 
 @functools.cache
