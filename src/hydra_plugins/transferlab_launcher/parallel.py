@@ -47,7 +47,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -284,8 +284,7 @@ class ParallelLauncher(Launcher):
             )
         job.started = time.monotonic()
         where = f"GPU {','.join(job.gpus)}, " if job.gpus else ""
-        overrides = " ".join(filter_overrides(job.overrides))
-        log.info(f"#{job.idx} started: {job.job_dir} ({where}cores {_span(job.cores)}) {overrides}")
+        log.info(f"#{job.idx} started: {job.job_dir} ({where}cores {_span(job.cores)})")
 
     def _ended(self, job: Job) -> JobReturn:
         """The job's own `JobReturn`, or a FAILED one (with ``failed.json``) for a process that left none."""
