@@ -120,6 +120,14 @@ def test_cpu_jobs_are_pinned_to_their_own_cores_and_size_their_threads(tmp_path:
     assert "fake job output" in console.read_text() and "fake job output" not in result.stdout + result.stderr
 
 
+def test_never_more_than_jobs_at_once(tmp_path: Path) -> None:
+    """``jobs`` binds below what the cores allow (two 1-thread jobs would fit on two cores)."""
+    result = run_fake(tmp_path, "hydra.launcher.jobs=1", "seed=0,1,2", CUDA_VISIBLE_DEVICES="", FAKE_SLEEP="0.5")
+    assert result.returncode == 0, result.stderr
+    jobs = records(tmp_path / "sweep")
+    assert len(jobs) == 3 and not overlapping(jobs)
+
+
 def test_a_failed_and_a_killed_job_leave_the_others_finished(tmp_path: Path) -> None:
     result = run_fake(
         tmp_path, "hydra.launcher.jobs=2", "seed=0,1,2,3", CUDA_VISIBLE_DEVICES="", FAKE_KILL="1", FAKE_FAIL="2"
@@ -155,26 +163,42 @@ def test_optuna_gets_each_jobs_value_back(tmp_path: Path) -> None:
     assert len(values) == 4 and best == max(values)  # the default monitor (val/acc) is maximised
 
 
-def test_sigterm_stops_every_running_job(tmp_path: Path) -> None:
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting for its parent to read its exit does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_sweep_stops_every_running_job(tmp_path: Path, stop: signal.Signals) -> None:
+    """SIGTERM (and Ctrl-C) stop the jobs through the launcher; a SIGKILLed launcher's jobs end with it."""
     script = tmp_path / "fake_task.py"
     script.write_text(FAKE_TASK)
     sweep = tmp_path / "sweep"
     command = [sys.executable, str(script), "-m", "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}", "seed=0,1,2"]
     env = {**os.environ, "PYTHONPATH": str(SRC), "CUDA_VISIBLE_DEVICES": "", "FAKE_SLEEP": "120"}
-    env["OMP_NUM_THREADS"] = "1"
     with (tmp_path / "out.log").open("w") as out:
         sweep_process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while len(records(sweep, "started.json")) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     started = records(sweep, "started.json")
-    assert len(started) == 2, (tmp_path / "out.log").read_text()  # two cores: two jobs at once
-    sweep_process.send_signal(signal.SIGTERM)
-    assert sweep_process.wait(timeout=60) == 128 + signal.SIGTERM
-    for job in started:
-        assert not Path(f"/proc/{job['pid']}").exists(), "a job outlived its sweep"
-    last = (tmp_path / "out.log").read_text().strip().splitlines()[-1]
-    assert last.startswith("error: the sweep was stopped (SIGTERM); running jobs stopped: seed=")
+    assert len(started) == 2, (tmp_path / "out.log").read_text()  # two 1-thread jobs on two cores
+    sweep_process.send_signal(stop)
+    assert sweep_process.wait(timeout=60) == (128 + stop if stop == signal.SIGTERM else -stop)
+    deadline = time.monotonic() + 10
+    while any(alive(job["pid"]) for job in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [job["pid"] for job in started if alive(job["pid"])]
+    for pid in survivors:  # a failing test leaves no 2-minute sleeper behind
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "a job outlived its sweep"
+    if stop == signal.SIGTERM:
+        last = (tmp_path / "out.log").read_text().strip().splitlines()[-1]
+        assert last.startswith("error: the sweep was stopped (SIGTERM); running jobs stopped: seed=")
     assert len(records(sweep, "started.json")) == 2, "a job started after the stop"
 
 
