@@ -222,3 +222,39 @@ def test_a_real_sweep_runs_in_parallel_and_a_relaunch_skips_finished_jobs(tmp_pa
     report = run_cli("tl-report", str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "seed" in report.stdout
+
+
+def test_the_gpu_pool_is_the_visible_devices_as_cuda_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra_plugins.transferlab_launcher.parallel import visible_gpus
+
+    for listed, expected in [
+        ("0,1,2,3", ["0", "1", "2", "3"]),
+        ("2, 5", ["2", "5"]),
+        ("GPU-8f2e,MIG-1a2b", ["GPU-8f2e", "MIG-1a2b"]),
+        ("0,1,-1,2", ["0", "1"]),  # CUDA stops at the first invalid id
+        ("", []),
+    ]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+        assert visible_gpus() == expected
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    smi = tmp_path / "nvidia-smi"  # counted without starting CUDA
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert visible_gpus() == ["0", "1"]
+    smi.unlink()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert visible_gpus() == []
+
+
+def test_a_job_asking_for_more_gpus_than_visible_fails_alone(tmp_path: Path) -> None:
+    result = run_fake(
+        tmp_path, "trainer.accelerator=gpu", "trainer.devices=1,2", "seed=0", CUDA_VISIBLE_DEVICES="4", FAKE_SLEEP="0"
+    )
+    assert result.returncode == EXIT_JOBS_FAILED, result.stderr
+    too_big = tmp_path / "sweep" / "seed=0,trainer.accelerator=gpu,trainer.devices=2"
+    record = read_failure(too_big)
+    assert record is not None and record["error"].startswith("it asks for 2 GPUs (trainer.devices) and only 1 (4)")
+    assert [job["cuda"] for job in records(tmp_path / "sweep")] == ["4"]

@@ -162,7 +162,10 @@ class ParallelLauncher(Launcher):
             self._job(initial_job_idx + i, list(overrides), gpus, cores) for i, overrides in enumerate(job_overrides)
         ]
         at_once = self._at_once(jobs[0], gpus, cores)
-        log.info(f"Launching {len(jobs)} jobs, up to {at_once} at once, {self._pool(gpus, cores)}")
+        log.info(
+            f"Launching {len(jobs)} jobs, up to {at_once} at once ({self._pool(gpus, cores)}); "
+            f"each job's output goes to <job dir>/{CONSOLE_FILE}"
+        )
         work = Path(tempfile.mkdtemp(prefix=".parallel-", dir=str(self.config.hydra.sweep.dir)))
         try:
             returns = self._run(jobs, gpus, cores, work)
@@ -186,7 +189,8 @@ class ParallelLauncher(Launcher):
         finally:
             if saved is not None:
                 HydraConfig.instance().cfg = saved
-        accelerator = str(_select(config, "trainer.accelerator", "cpu")).lower()
+        # tl-train/tl-eval say trainer.accelerator; tl-predict says device (cpu | cuda | auto)
+        accelerator = str(_select(config, "trainer.accelerator", None) or _select(config, "device", "cpu")).lower()
         devices = _select(config, "trainer.devices", 1)
         count = devices if isinstance(devices, int) and devices > 0 else None  # -1 / "auto": all there are
         on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and bool(gpus))
@@ -207,7 +211,7 @@ class ParallelLauncher(Launcher):
     @staticmethod
     def _pool(gpus: list[str], cores: list[int]) -> str:
         on = f"GPUs {','.join(gpus)}; " if gpus else ""
-        return f"{on}{len(cores)} cores (sweep dir and each job's console.log in its job dir)"
+        return f"{on}{len(cores)} cores"
 
     # -- running -----------------------------------------------------------------------------------
     def _run(self, jobs: list[Job], gpus: list[str], cores: list[int], work: Path) -> list[JobReturn]:
@@ -412,8 +416,12 @@ def _span(cores: list[int]) -> str:
 
 
 def _too_many_gpus(job: Job, gpus: list[str]) -> str:
-    seen = f"only {len(gpus)} ({','.join(gpus)})" if gpus else "none"
-    return f"it asks for {job.gpus_wanted} GPUs (trainer.devices) and {seen} are visible. Lower trainer.devices"
+    seen = f"only {len(gpus)} ({','.join(gpus)}) are" if gpus else "none is"
+    plural = "s" if job.gpus_wanted != 1 else ""
+    return (
+        f"it asks for {job.gpus_wanted} GPU{plural} (trainer.devices) and {seen} visible. "
+        "Lower trainer.devices, or run it on the CPU (trainer.accelerator=cpu)"
+    )
 
 
 def _died(code: int | None, console: Path) -> str:
