@@ -258,3 +258,14 @@ def test_a_job_asking_for_more_gpus_than_visible_fails_alone(tmp_path: Path) -> 
     record = read_failure(too_big)
     assert record is not None and record["error"].startswith("it asks for 2 GPUs (trainer.devices) and only 1 (4)")
     assert [job["cuda"] for job in records(tmp_path / "sweep")] == ["4"]
+
+
+def test_a_bad_jobs_count_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "tl-train", "-m", "hydra/launcher=parallel", "hydra.launcher.jobs=0", "seed=0", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == "error: hydra.launcher.jobs=0 must be a whole number ≥ 1, or null (decided at launch)\n"
+    assert not sweep.exists()

@@ -149,14 +149,14 @@ class ParallelLauncher(Launcher):
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        if self.jobs is not None and int(self.jobs) < 1:
+        if self.jobs is not None and int(self.jobs) < 1:  # (the CLI refuses it earlier; other entry points)
             print(
                 f"error: hydra.launcher.jobs={self.jobs} must be at least 1. Or null: one job per GPU or per core set",
                 file=sys.stderr,
                 flush=True,
             )
             sys.exit(EXIT_USER_ERROR)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         gpus, cores = visible_gpus(), usable_cores()
         jobs = [
             self._job(initial_job_idx + i, list(overrides), gpus, cores) for i, overrides in enumerate(job_overrides)
