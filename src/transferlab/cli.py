@@ -261,6 +261,11 @@ def check_launcher(cfg: Any) -> None:
     from omegaconf.errors import InterpolationResolutionError
 
     launcher = OmegaConf.select(cfg, "hydra.launcher")
+    if str((launcher or {}).get("_target_", "")).endswith(".ParallelLauncher"):  # hydra/launcher=parallel
+        for key in ("jobs", "threads_per_job"):
+            value = launcher.get(key)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise UserError(f"hydra.launcher.{key}={value} must be a whole number ≥ 1, or null (decided at launch)")
     for key in launcher or ():
         try:
             launcher[key]
