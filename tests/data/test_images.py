@@ -75,6 +75,7 @@ def test_skipped_files_are_recorded_once_across_processes(tmp_path: Path, capsys
     for bad_files in (first, second, first):
         bad_files.handle(err)
     first.handle(UnreadableImage(tmp_path / "b.jpg", "cannot identify image file"))
+    (tmp_path / "record" / ".c1f2.x7.tmp").write_text("")  # a record another worker is writing right now
     assert [e["path"] for e in second.skipped()] == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
     with pytest.raises(UserError, match=r"a.jpg \(truncated\). Remove or replace the file, or set data.on_bad_file"):
