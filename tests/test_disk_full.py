@@ -135,6 +135,22 @@ def test_a_disk_full_before_the_run_starts_is_one_line_and_leaves_no_empty_confi
     assert files_under(disk) == ["filler", "run/train.log"]  # Hydra's (empty) log; no empty config.yaml
 
 
+def test_a_library_writer_on_a_full_disk_is_one_line_too(small_disk, tmp_path: Path) -> None:
+    """TensorBoard's event writer (a thread of its own) fills the disk: no traceback, from either thread."""
+    disk = small_disk(64 * 1024)
+    (disk / "filler").write_bytes(bytes(44 * 1024))  # 20 kB left: Hydra's .hydra files and hparams.yaml fit
+    result = run_cli(
+        "tl-train", *TINY, "callbacks=none", "trainer.max_epochs=2", f"hydra.run.dir={disk}/run", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert re.fullmatch(
+        rf"error: a write in {re.escape(str(disk))}/run failed: no space left on device \(\d+ (B|kB) free\)\. "
+        r"Free space or pass hydra\.run\.dir=<a folder on another disk>",
+        one_error_line(result.stderr),
+    )
+    assert "Exception in thread" not in result.stderr and not (disk / "run" / "metrics.json").exists()
+
+
 def test_tl_report_on_a_full_disk_keeps_the_previous_report(small_disk, tmp_path: Path) -> None:
     sweep = small_disk(64 * 1024) / "sweep"
     for seed in (0, 1, 2):

@@ -88,6 +88,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
                 raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
 
         write_hydra_files_atomically()
+        quiet_failed_writer_threads()
         return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
             report_user_errors(sweep_job(isolated_job(checked)))
         )
@@ -116,6 +117,25 @@ def write_hydra_files_atomically() -> None:
             sys.exit(EXIT_USER_ERROR)
 
     hydra_utils._save_config = save_config
+
+
+def quiet_failed_writer_threads() -> None:
+    """A library's writer thread that dies of a failed write (TensorBoard's, on a full disk) prints no traceback.
+
+    The library raises the same error on the training thread at its next write, where `report_user_errors` turns
+    it into the one ``error:`` line; Python would also print it, with a traceback, when the thread ends.
+    """
+    import threading
+
+    from transferlab.utils.io import write_fault
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or write_fault(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
 
 
 # What Lightning's DDP launcher puts into os.environ of the launching process for its child ranks.

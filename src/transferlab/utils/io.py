@@ -26,26 +26,53 @@ TEMP_SUFFIX = ".tmp"  # temporary files are hidden (a leading dot) and end in th
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+WRITE_FAULTS = {*_FULL, *_DENIED, errno.EIO}  # what a library's failed write becomes one line for (`write_fault`)
 
 
 class WriteFailed(UserError):
-    """A file could not be written (disk full, I/O error, no permission); `path` is the file, `cause` the OS error."""
+    """A file could not be written (disk full, I/O error, no permission); `path` is the file, `cause` the OS error.
 
-    def __init__(self, path: Path, cause: OSError, elsewhere: str | None = None) -> None:
+    Without a `path` (a library's writer failed without naming its file) the message names `folder` instead."""
+
+    def __init__(
+        self, path: Path | None, cause: OSError, elsewhere: str | None = None, folder: Path | None = None
+    ) -> None:
         self.path, self.cause = path, cause
         reason = (cause.strerror or str(cause)).lower() if cause.errno is not None else str(cause)
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        near = path if path is not None else (folder or Path.cwd()) / "file"
+        blocker = next((p for p in near.parents if p.exists() and not p.is_dir()), None)
         if cause.errno in (errno.EEXIST, errno.ENOTDIR) and blocker is not None:
             reason = f"{blocker} is a file, not a folder"
         if cause.errno in _FULL:
             remedy = "Free space"
         elif cause.errno in _DENIED:
-            remedy = f"Make {path.parent} writable again"
+            remedy = f"Make {near.parent} writable again"
         else:
             remedy = "Check the path and the disk"
         where = elsewhere if elsewhere is not None else _default_elsewhere()
         remedy += f" or pass {where}" if where else ""
-        super().__init__(f"cannot write {path}: {reason} ({free_space(path)}). {remedy}")
+        what = f"cannot write {path}" if path is not None else f"a write in {near.parent} failed"
+        super().__init__(f"{what}: {reason} ({free_space(near)}). {remedy}")
+
+
+def write_fault(err: BaseException) -> WriteFailed | None:
+    """`err` as the one-line `WriteFailed` when it is a failed write inside a library (TensorBoard's event writer,
+    a logger's YAML file): an OS error of `WRITE_FAULTS` in its chain. The file is named when the error names it,
+    else the job's directory (where a run's writers write), with the free space there."""
+    cause = os_error_in(err)
+    if cause is None or cause.errno not in WRITE_FAULTS:
+        return None
+    if cause.filename:
+        return WriteFailed(Path(os.fsdecode(cause.filename)), cause)
+    return WriteFailed(None, cause, folder=_job_dir())
+
+
+def _job_dir() -> Path | None:
+    """The running Hydra job's directory, if there is one (hydra is never imported here)."""
+    hydra_config = sys.modules.get("hydra.core.hydra_config")
+    if hydra_config is None or not hydra_config.HydraConfig.initialized():
+        return None
+    return Path(hydra_config.HydraConfig.get().runtime.output_dir)
 
 
 def _default_elsewhere() -> str:
