@@ -125,16 +125,26 @@ def test_under_ddp_rank_0s_failed_write_stops_every_rank(sized_disk: Path, tmp_p
     assert one_error_line(result.stderr) in rank1  # rank 1 stopped with the same error (told by rank 0)
 
 
-def test_a_disk_full_before_the_run_starts_is_one_line_and_leaves_no_empty_config(small_disk, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "unwritten", "key", "left"),
+    [
+        ([], "run/.hydra/config.yaml", "hydra.run.dir", ["filler", "run/train.log"]),  # Hydra's (empty) log
+        (["-m", "seed=0,1"], "sweep/multirun.yaml", "hydra.sweep.dir", ["filler"]),
+    ],
+    ids=["run", "sweep"],
+)
+def test_a_disk_full_before_the_run_starts_is_one_line_and_leaves_no_empty_file(
+    small_disk, tmp_path: Path, args: list[str], unwritten: str, key: str, left: list[str]
+) -> None:
     disk = small_disk(16 * 1024)
     fill(disk)
-    result = run_cli("tl-train", *TINY, "logger=none", f"hydra.run.dir={disk}/run", cwd=tmp_path)
+    result = run_cli("tl-train", *args, *TINY, "logger=none", f"{key}={disk}/{unwritten.split('/')[0]}", cwd=tmp_path)
     assert result.returncode == 2
     assert one_error_line(result.stderr) == (
-        f"error: cannot write {disk}/run/.hydra/config.yaml: no space left on device (0 B free). "
-        "Free space or pass hydra.run.dir=<a folder on another disk>"
+        f"error: cannot write {disk}/{unwritten}: no space left on device (0 B free). "
+        f"Free space or pass {key}=<a folder on another disk>"
     )
-    assert files_under(disk) == ["filler", "run/train.log"]  # Hydra's (empty) log; no empty config.yaml
+    assert files_under(disk) == left
 
 
 def test_a_library_writer_on_a_full_disk_is_one_line_too(small_disk, tmp_path: Path) -> None:
