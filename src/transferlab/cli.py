@@ -87,11 +87,17 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
                 key = err.full_key or "a value"
                 raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
 
-        write_hydra_files_atomically()
-        quiet_failed_writer_threads()
-        return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
+        main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
             report_user_errors(sweep_job(isolated_job(checked)))
         )
+
+        @functools.wraps(main)
+        def launched(*args: Any, **kwargs: Any) -> Any:  # the command runs: a failed write is one line from here on
+            write_hydra_files_atomically()
+            quiet_failed_writer_threads()
+            return main(*args, **kwargs)
+
+        return launched
 
     return wrap
 
