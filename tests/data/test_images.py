@@ -84,6 +84,16 @@ def test_skipped_files_are_recorded_once_across_processes(tmp_path: Path, capsys
         BadFiles("ignore")
 
 
+def test_a_record_that_cannot_be_written_is_a_plain_one_line_error(small_disk) -> None:
+    disk = small_disk(16 * 1024)
+    (disk / "filler").write_bytes(bytes(16 * 1024))
+    with pytest.raises(UserError) as failed:
+        BadFiles("skip", disk / "skipped").handle(UnreadableImage("a.jpg", "truncated"))
+    assert type(failed.value) is UserError  # a DataLoader worker re-raises it from its message: no other arguments
+    expected = r"cannot write .*/skipped/\w+: no space left on device \(0 B free\)\. Free space.*"
+    assert re.fullmatch(expected, str(failed.value))
+
+
 def _folder_with_bad_files(root: Path) -> list[Path]:
     """A two-class ImageFolder with odd but valid modes and three unreadable files; returns the bad ones."""
     for split, count in (("train", 10), ("val", 4)):

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.utils.errors import UserError
-from transferlab.utils.io import create_atomic
+from transferlab.utils.io import WriteFailed, create_atomic
 
 BAD_FILE_POLICIES = ("skip", "error")
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
@@ -104,7 +104,11 @@ class BadFiles:
         if self.policy == "error":
             raise UserError(f"{err}, or set data.on_bad_file=skip to train without it") from None
         marker = self.ready_folder() / hashlib.sha1(err.path.encode()).hexdigest()[:20]
-        if create_atomic(marker, f"{err.path}\t{err.reason}\n".encode()):  # False: another process was first
+        try:
+            created = create_atomic(marker, f"{err.path}\t{err.reason}\n".encode())  # False: another was first
+        except WriteFailed as failed:  # in a DataLoader worker: torch rebuilds an exception from its message alone
+            raise UserError(str(failed)) from None
+        if created:
             warn_skipped(err)
 
     def ready_folder(self) -> Path:
