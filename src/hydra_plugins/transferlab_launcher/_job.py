@@ -42,9 +42,9 @@ def main(payload: Path, result: Path) -> None:
         ret.return_value = None if ret.status.name == "FAILED" else str(ret.return_value)
         data = cloudpickle.dumps(ret)
     from transferlab.utils.errors import report_user_errors
-    from transferlab.utils.io import write_bytes_atomic
+    from transferlab.utils.io import SWEEP_ELSEWHERE, write_bytes_atomic
 
-    report_user_errors(write_bytes_atomic)(result, data, "hydra.sweep.dir=<a folder on another disk>")
+    report_user_errors(write_bytes_atomic)(result, data, SWEEP_ELSEWHERE)  # the JobReturn, whole or not at all
     sys.stdout.flush()
     sys.stderr.flush()
 

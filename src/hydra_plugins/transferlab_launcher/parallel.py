@@ -271,10 +271,9 @@ class ParallelLauncher(Launcher):
         entry = _entry_module()
         state = (self.hydra_context, self.task_function, job.config, Singleton.get_state(), entry)
         from transferlab.utils.errors import report_user_errors
-        from transferlab.utils.io import write_bytes_atomic
+        from transferlab.utils.io import SWEEP_ELSEWHERE, write_bytes_atomic
 
-        elsewhere = "hydra.sweep.dir=<a folder on another disk>"
-        report_user_errors(write_bytes_atomic)(payload, cloudpickle.dumps(state), elsewhere)  # one line, exit 2
+        report_user_errors(write_bytes_atomic)(payload, cloudpickle.dumps(state), SWEEP_ELSEWHERE)  # one line, exit 2
         env = dict(os.environ)
         if job.gpus_wanted or gpu_machine:  # a CPU job on a GPU machine sees no GPU
             env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)

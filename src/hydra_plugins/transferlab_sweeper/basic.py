@@ -35,7 +35,7 @@ class TransferlabBasicSweeper(BasicSweeper):
         """Hydra's loop (batches of ``max_batch_size`` jobs, each batch validated first), without the re-raise."""
         from transferlab.sweeps import end_sweep
         from transferlab.utils.errors import report_user_errors
-        from transferlab.utils.io import write_bytes_atomic
+        from transferlab.utils.io import SWEEP_ELSEWHERE, write_bytes_atomic
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         params = [*self._parse_config(), *arguments]
@@ -44,8 +44,7 @@ class TransferlabBasicSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         yaml = OmegaConf.to_yaml(self.config).encode()  # what Hydra's OmegaConf.save writes, written atomically
-        elsewhere = "hydra.sweep.dir=<a folder on another disk>"
-        report_user_errors(write_bytes_atomic)(sweep_dir / "multirun.yaml", yaml, elsewhere)  # one line, exit 2
+        report_user_errors(write_bytes_atomic)(sweep_dir / "multirun.yaml", yaml, SWEEP_ELSEWHERE)  # one line, exit 2
 
         returns: list[Any] = []
         initial_job_idx = 0

@@ -26,6 +26,7 @@ TEMP_SUFFIX = ".tmp"  # temporary files are hidden (a leading dot) and end in th
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+SWEEP_ELSEWHERE = "hydra.sweep.dir=<a folder on another disk>"  # what a sweeper's or launcher's failed write suggests
 WRITE_FAULTS = {*_FULL, *_DENIED, errno.EIO}  # what a library's failed write becomes one line for (`write_fault`)
 
 
