@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,45 @@ def start_cli(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+class SmallDisks:
+    """Size-limited filesystems for disk-full tests: ``small_disk(bytes)`` mounts a tmpfs of that size (rounded up
+    to pages) at a new folder under tmp_path and returns the folder; all are unmounted when the test ends.
+
+    Mounting needs root (the tests run as root here and in CI); elsewhere the test is skipped, saying why."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.mounted = root, []
+
+    def __call__(self, size: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a size-limited tmpfs needs root (the disk-full tests run as root in CI)")
+        folder = self.root / f"disk{len(self.mounted)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): no small disk to fill")
+        self.mounted.append(folder)
+        return folder
+
+    def remount(self, folder: Path, options: str) -> None:
+        """Change a mounted small disk's options: ``size=…`` (grow it), ``ro`` (writes now fail), ``rw``."""
+        subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True)
+
+    def unmount_all(self) -> None:
+        for folder in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisks]:
+    """`SmallDisks` under this test's tmp_path."""
+    disks = SmallDisks(tmp_path)
+    yield disks
+    disks.unmount_all()
 
 
 class HostReads:

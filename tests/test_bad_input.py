@@ -99,6 +99,7 @@ CONFIG_CASES = [
     ("tl-predict", [*PREDICT, "tile=32", "overlap=16"], "error: tile=32 is too small for overlap=16"),
     ("tl-predict", [*PREDICT, "top_k=0"], "error: top_k must be an integer >= 1, got 0"),
     ("tl-predict", [*PREDICT, "batch_size=0"], "error: batch_size must be an integer >= 1, got 0"),
+    ("tl-predict", [*PREDICT, "on_bad_file=ignore"], "error: on_bad_file must be one of skip, error, got 'ignore'"),
     ("tl-export", ["ckpt_path=x", "format=tflite"], "error: format must be one of onnx, torchscript, got 'tflite'"),
     ("tl-predict", ["inptu=photos"], "error: unknown key inptu. Did you mean input"),
     ("tl-report", ["nosuchdir"], "error: nosuchdir is not a directory"),

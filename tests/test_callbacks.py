@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -14,8 +16,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from conftest import run_cli, start_cli
 from transferlab import callbacks
 from transferlab.callbacks import EpochTimer, ModelCheckpoint, ProgressBar
-from transferlab.runner import build, build_trainer
+from transferlab.runner import AtomicCheckpointIO, build, build_trainer
 from transferlab.train import run
+from transferlab.utils.io import WriteFailed
 
 
 def test_callbacks_none_writes_no_checkpoint(make_cfg, tmp_path) -> None:
@@ -54,6 +57,29 @@ def test_last_checkpoint_is_throttled_but_always_written_at_the_end(make_cfg) ->
 def test_last_checkpoint_every_epoch_with_zero(make_cfg) -> None:
     written, _ = fit_with_checkpoint(make_cfg, epochs=3, last_every_minutes=0)
     assert written == [0, 1, 2]
+
+
+def test_a_failed_background_write_stops_the_run_at_the_next_step(make_cfg, tmp_path, monkeypatch) -> None:
+    cfg = make_cfg("logger=none", "trainer.max_epochs=3", "callbacks.model_checkpoint.last_every_minutes=0")
+    datamodule = build(cfg.data, "data")
+    task = build(cfg.model, "model", **datamodule.task_args())
+    checkpoint = build(cfg.callbacks.model_checkpoint, "callbacks")
+    trainer = build_trainer(cfg, [checkpoint], [])
+    attempts: list[str] = []
+    write = AtomicCheckpointIO.save_checkpoint
+
+    def full_disk_for_last(self, checkpoint, path, storage_options=None) -> None:
+        attempts.append(Path(path).name)
+        if Path(path).name == "last.ckpt":
+            raise WriteFailed(Path(path), OSError(errno.ENOSPC, "No space left on device"))
+        write(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", full_disk_for_last)  # the background writer's writer
+    with pytest.raises(WriteFailed, match="last.ckpt: no space left on device"):
+        trainer.fit(task, datamodule=datamodule)
+    assert attempts == ["best.ckpt", "last.ckpt"]  # epoch 1's saves; nothing after the failure
+    assert 6 < trainer.global_step < 12  # stopped in epoch 2 (6 steps an epoch), not at its end's save
+    assert torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_progress_bar_shows_step_loss_and_monitored_metric(make_cfg) -> None:

@@ -75,6 +75,54 @@ def test_predict_classifies_files_into_a_top_k_csv(checkpoints, tmp_path: Path) 
         assert set(row[1::2]) <= set(CLASSES)
 
 
+def unreadable_inputs(folder: Path) -> list[str]:
+    """A corrupt JPEG, a truncated JPEG (its header reads, its pixels do not) and a text file named .png in `folder`
+    (as `input=<folder>` names them), besides two good images (a.png, sub/b.jpg)."""
+    write_photo(folder / "a.png", 40, 30)
+    jpeg = write_photo(folder / "sub" / "b.jpg", 48, 48).read_bytes()
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + np.random.default_rng(0).bytes(500))
+    (folder / "sub" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "notes.png").write_text("not an image\n")
+    return [f"{folder.name}/corrupt.jpg", f"{folder.name}/notes.png", f"{folder.name}/sub/truncated.jpg"]
+
+
+def test_predict_skips_unreadable_inputs_and_lists_them(checkpoints, tmp_path: Path) -> None:
+    bad = unreadable_inputs(tmp_path / "in")
+    result = run_cli("tl-predict", f"ckpt_path={checkpoints['classify']}", "input=in", "output=out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warned = re.findall(r"^warning: skipped unreadable image (\S+) \(.+\)$", result.stderr, flags=re.MULTILINE)
+    assert warned == bad  # one line each, in input order
+    rows = list(csv.reader((tmp_path / "out" / "predictions.csv").open()))
+    assert [row[0] for row in rows[1:]] == ["a.png", "sub/b.jpg"]  # the readable rest
+    listed = json.loads((tmp_path / "out" / "skipped_files.json").read_text())
+    assert [entry["path"] for entry in listed] == bad and all(entry["reason"] for entry in listed)
+    tail = result.stdout.strip().splitlines()[-4:]  # the end of the console output
+    assert tail[0] == "Skipped 3 unreadable input(s), listed in out/skipped_files.json:"
+    assert [line.split(" (")[0].strip() for line in tail[1:]] == bad
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.csv", "skipped_files.json"]
+
+
+REFUSED = r"error: cannot read image in/(corrupt|notes)\.\w+ \(.*on_bad_file=skip to predict the others"
+NONE_LEFT = r"error: none of the 3 input images can be read \(.*in/corrupt\.jpg: .*\)\. Check input=.*"
+
+
+@pytest.mark.parametrize(("setting", "message"), [("on_bad_file=error", REFUSED), ("on_bad_file=skip", NONE_LEFT)])
+def test_unreadable_inputs_refused_as_asked_or_when_none_is_left(
+    checkpoints, tmp_path: Path, setting: str, message: str
+) -> None:
+    unreadable_inputs(tmp_path / "in")
+    if setting == "on_bad_file=skip":  # nothing readable left
+        for good in ("a.png", "sub/b.jpg"):
+            (tmp_path / "in" / good).unlink()
+    result = run_cli(
+        "tl-predict", f"ckpt_path={checkpoints['classify']}", "input=in", "output=out", setting, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and re.fullmatch(message, lines[0]), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_predict_restores_a_large_photo_tiled_identical_to_untiled(checkpoints, tmp_path: Path) -> None:
     write_photo(tmp_path / "in" / "big.png", 1200, 900)

@@ -1,5 +1,6 @@
 """What `transferlab.runner` builds: background checkpoint writes that snapshot the state in host memory (what
-is written is the state at save time), and what ``trainer.deterministic=true`` becomes on CUDA and elsewhere."""
+is written is the state at save time) and stop at the first failed write, and what ``trainer.deterministic=true``
+becomes on CUDA and elsewhere."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from torch import nn
 
 from transferlab import runner
-from transferlab.runner import HostSnapshotCheckpointIO, build_trainer, decided_accelerator
+from transferlab.runner import AtomicCheckpointIO, HostSnapshotCheckpointIO, build_trainer, decided_accelerator
+from transferlab.utils.io import WriteFailed
 
 
 class HeldWriter(TorchCheckpointIO):
@@ -54,6 +56,46 @@ def test_the_writer_gets_a_host_copy_independent_of_the_live_parameters(tmp_path
     assert written["epoch"] == 3
     assert all(torch.equal(written["state_dict"][k], v) for k, v in at_save.items())
     assert torch.equal(written["optimizer_states"][0]["state"][0]["momentum_buffer"], momentum)
+
+
+class GatedAtomicWriter(AtomicCheckpointIO):
+    """The atomic writer, each write waiting until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        assert self.gate.wait(timeout=30)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+def test_after_a_failed_background_write_nothing_more_is_written_and_the_error_comes_once(small_disk) -> None:
+    path = small_disk(256 * 1024) / "checkpoints" / "last.ckpt"
+    writer = GatedAtomicWriter()
+    io = HostSnapshotCheckpointIO(writer)
+    writer.gate.set()
+    io.save_checkpoint({"w": torch.zeros(100), "epoch": 0}, path)
+    assert io.failure(wait=True) is None
+    writer.gate.clear()  # the next write is slow: another save is queued behind it before it fails
+    io.save_checkpoint({"w": torch.zeros(200_000), "epoch": 1}, path)  # 800 kB: fails in the background
+    io.save_checkpoint({"w": torch.zeros(100), "epoch": 2}, path)  # must not replace epoch 0 once that failed
+    writer.gate.set()
+    assert isinstance(io.failure(wait=True), WriteFailed)
+    with pytest.raises(WriteFailed, match="last.ckpt: no space left on device"):
+        io.save_checkpoint({"w": torch.zeros(100), "epoch": 3}, path)  # the training thread hears of it here
+    io.teardown()  # raised once: teardown (Lightning's, after the exception) does not raise it again
+    assert torch.load(path, weights_only=True)["epoch"] == 0  # the last good checkpoint, whole
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_failed_background_write_surfaces_at_teardown(small_disk) -> None:
+    path = small_disk(256 * 1024) / "best.ckpt"
+    io = HostSnapshotCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(200_000)}, path)
+    with pytest.raises(WriteFailed):
+        io.teardown()  # the end of `fit`: the last write failed
+    assert not path.parent.joinpath("best.ckpt").exists() and list(path.parent.iterdir()) == []
 
 
 @pytest.mark.gpu

@@ -72,7 +72,10 @@ class ModelCheckpoint(_ModelCheckpoint):
     Here it is refreshed at the end of an epoch when `last_every_minutes` have passed since the previous
     write (0: every epoch), and always when training ends, so a killed run loses at most that much work.
     Writes go through the trainer's checkpoint IO (asynchronous in transferlab, see `runner.build_trainer`)
-    and are atomic (a temporary file, then a rename).
+    and are atomic (a temporary file in the checkpoint folder, fsynced, then a rename). A write that failed (a
+    full disk) stops the run with its one-line error: checked after every step on one process, and collectively
+    before each save and at the end of training under DDP (rank 0 writes; the other ranks must stop with it,
+    not wait for it in the next collective).
 
     Sized to their purpose: ``best.ckpt`` is for evaluating, predicting and transferring, so it holds the
     weights without optimizer state (`best_weights_only`; a third of the size with Adam/AdamW); ``last.ckpt``
@@ -95,6 +98,25 @@ class ModelCheckpoint(_ModelCheckpoint):
         self.keep_last = keep_last
         self._last_written_at: float | None = None
         self._last_written_step = -1
+        self._writer: Any = None  # the trainer's checkpoint IO, when it reports background failures
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        writer = trainer.strategy.checkpoint_io
+        self._writer = writer if callable(getattr(writer, "failure", None)) else None
+
+    def _stop_if_a_write_failed(self, trainer: pl.Trainer, wait: bool = False) -> None:
+        """Raise the error of a failed background checkpoint write, on every rank (rank 0 alone writes); `wait`:
+        for the writes queued so far first. Under DDP this is a collective: call it on all ranks at once."""
+        if self._writer is None:
+            return
+        error = self._writer.failure(wait) if trainer.is_global_zero else None
+        if trainer.world_size > 1:
+            message = trainer.strategy.broadcast(None if error is None else str(error), src=0)
+            if error is None and message is not None:
+                raise UserError(message)
+        if error is not None:
+            self._writer.raise_failure()
 
     def _last_is_due(self, trainer: pl.Trainer) -> bool:
         """Whether to write ``last.ckpt`` now. Writing is collective under DDP (Lightning's save ends in a barrier),
@@ -109,6 +131,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         self._last_written_at, self._last_written_step = time.monotonic(), trainer.global_step
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self._stop_if_a_write_failed(trainer)  # every rank reaches a save (it ends in a barrier)
         full_state = self.save_weights_only
         if self.best_weights_only and filepath != self.last_model_path:  # Lightning sets that path before saving
             self.save_weights_only = True
@@ -137,6 +160,7 @@ class ModelCheckpoint(_ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not trainer.fast_dev_run and trainer.global_step != self._last_written_step:
             self._write_last(trainer, self._monitor_candidates(trainer))  # the final state is always resumable
+        self._stop_if_a_write_failed(trainer, wait=True)  # before testing best.ckpt, on every rank
 
     # -- interruptions -----------------------------------------------------------------------------
     # SIGTERM (a scheduler's time limit, `kill`) and Ctrl-C stop at the end of the current step with the state
@@ -146,6 +170,8 @@ class ModelCheckpoint(_ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args)
         if trainer.received_sigterm:
             raise SIGTERMException  # saved by on_exception, like Lightning's own stops
+        if trainer.world_size == 1 and self._writer is not None and self._writer.failure() is not None:
+            self._writer.raise_failure()  # a background write failed: stop now, not at the next save
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Lightning stops on SIGTERM in several places (after a step, mid-validation, at the epoch's end): all

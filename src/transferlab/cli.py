@@ -87,11 +87,61 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
                 key = err.full_key or "a value"
                 raise UserError(f"{key} is required and has no value. Pass {key}=<value> on the command line") from err
 
-        return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
+        main = hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
             report_user_errors(sweep_job(isolated_job(checked)))
         )
 
+        @functools.wraps(main)
+        def launched(*args: Any, **kwargs: Any) -> Any:  # the command runs: a failed write is one line from here on
+            write_hydra_files_atomically()
+            quiet_failed_writer_threads()
+            return main(*args, **kwargs)
+
+        return launched
+
     return wrap
+
+
+def write_hydra_files_atomically() -> None:
+    """Make Hydra write a job's ``.hydra/*.yaml`` through `utils.io.write_bytes_atomic`.
+
+    Hydra opens them with a plain ``open()`` before the job runs (outside `report_user_errors`): on a full disk it
+    leaves an empty ``config.yaml`` and ends in a traceback. Through the atomic writer a failure leaves no file and
+    is the one ``error:`` line (exit 2). Hydra 1.3 looks the function up in its module at each job, so replacing it
+    there is enough (tested by tests/test_disk_full.py).
+    """
+    import hydra.core.utils as hydra_utils
+    from omegaconf import OmegaConf
+
+    from transferlab.utils.io import write_bytes_atomic
+
+    def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
+        try:
+            write_bytes_atomic(Path(output_dir) / filename, OmegaConf.to_yaml(cfg).encode())
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    hydra_utils._save_config = save_config
+
+
+def quiet_failed_writer_threads() -> None:
+    """A library's writer thread that dies of a failed write (TensorBoard's, on a full disk) prints no traceback.
+
+    The library raises the same error on the training thread at its next write, where `report_user_errors` turns
+    it into the one ``error:`` line; Python would also print it, with a traceback, when the thread ends.
+    """
+    import threading
+
+    from transferlab.utils.io import write_fault
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or write_fault(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
 
 
 # What Lightning's DDP launcher puts into os.environ of the launching process for its child ranks.

@@ -19,6 +19,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 PREDICTIONS_FILE = "predictions.csv"  # tl-predict's output for classifiers
+PREDICT_SKIPPED_FILE = "skipped_files.json"  # tl-predict: the inputs it could not read (path, reason), if any
 CKPT_PATH_HINT = f"Pass ckpt_path=<run dir>/{CHECKPOINT_DIR}/{BEST_CHECKPOINT}"  # what every checkpoint error says
 
 # Image files every reader accepts (torchvision's ImageFolder list, so folders read the same everywhere).

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferlab.utils.io import atomic_file
+from transferlab.utils.io import atomic_open
 
 EVENTS_GLOB = "events.out.tfevents.*"
 BAND = "min–max over seeds"
@@ -79,9 +79,9 @@ def finish_png(figure: Any, axes: Any, x_label: str, y_label: str, path: Path) -
 
 
 def save_png(figure: Any, path: Path) -> None:
-    """A matplotlib figure as a PNG that readers see whole or not at all."""
-    with atomic_file(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
+    """A matplotlib figure as a PNG that readers see whole or not at all (tl-report's plots)."""
+    with atomic_open(path, elsewhere="") as out:  # a failure says the file and the free space
+        figure.savefig(out, dpi=120, format="png")
 
 
 def pyplot() -> Any:

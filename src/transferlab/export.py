@@ -187,10 +187,7 @@ def run(cfg: DictConfig) -> Path:
     spec, metadata = export_spec(checkpoint)
     data, difference = exported_bytes(spec, metadata, cfg.format, bool(cfg.dynamo))
     path = target_path(cfg)
-    try:
-        write_bytes_atomic(path, data)
-    except OSError as err:
-        raise UserError(f"cannot write {path} ({err.strerror or err}). Pass out=<a file you can write>") from err
+    write_bytes_atomic(path, data, elsewhere="out=<a file on another disk>")  # a failure: one line, no file
     print(
         f"Wrote {path} ({cfg.format}; inputs {', '.join(spec.inputs)} → {spec.output}; "
         f"matches PyTorch on other sizes to {difference:.1g})",

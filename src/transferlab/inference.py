@@ -41,6 +41,7 @@ from transferlab.data.images import decode_rgb
 from transferlab.utils.errors import UserError
 from transferlab.utils.io import write_bytes_atomic
 
+ELSEWHERE = "output=<a folder on another disk>"  # what a failed write of tl-predict's outputs suggests
 ImageFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # [0, 1] image (+ mask) → [0, 1] image
 
 
@@ -151,7 +152,7 @@ class ClassTable(Predictor):
 
     def finish(self) -> str:
         self.flush()
-        write_bytes_atomic(self.path, self.buffer.getvalue().encode())
+        write_bytes_atomic(self.path, self.buffer.getvalue().encode(), elsewhere=ELSEWHERE)
         return f"Predictions: {self.path}"
 
 
@@ -187,7 +188,7 @@ class ImageFiles(Predictor):
         options = self.options
         result = tiled(self.fn, image, options.tile, options.overlap, self.scale, self.mask, device=self.device)
         png = encode_png(to_uint8(result[0]).cpu()).numpy().tobytes()
-        write_bytes_atomic(self.options.output / relative.with_suffix(".png"), png)
+        write_bytes_atomic(self.options.output / relative.with_suffix(".png"), png, elsewhere=ELSEWHERE)
         self.written += 1
 
     def finish(self) -> str:

@@ -7,6 +7,11 @@ pass), a stylizer or restorer one PNG per input (same relative path, ``.png``, a
 file is prepared exactly as the run's test images were (the datamodule's `file_transform`, rebuilt from the
 checkpoint's stored config). An ``.onnx`` file carries that config and what else prediction needs, and runs
 through the same preparation and outputs on onnxruntime (`transferlab.exported`).
+
+An input that cannot be decoded (corrupt or truncated, not an image) is skipped with one warning line, as training
+skips it (``on_bad_file=skip``, the default): the others are predicted, and the skipped ones are listed at the end
+of the output and in ``skipped_files.json`` next to the results. ``on_bad_file=error`` refuses the whole input
+before any work instead; with no readable input at all there is nothing to do, which is an error either way.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from PIL import Image, UnidentifiedImageError
 from transferlab import api
 from transferlab.api import callable_module
 from transferlab.cli import hydra_app
-from transferlab.constants import IMAGE_EXTENSIONS
-from transferlab.data.images import decode_rgb, image_files
+from transferlab.constants import IMAGE_EXTENSIONS, PREDICT_SKIPPED_FILE
+from transferlab.data.images import UnreadableImage, decode_rgb, image_files, warn_skipped
 from transferlab.exported import ONNX_SUFFIX, OnnxModel
-from transferlab.inference import PredictOptions, Predictor, check_tiling
+from transferlab.inference import ELSEWHERE, PredictOptions, Predictor, check_tiling
 from transferlab.runner import output_dir
 from transferlab.trust import open_checkpoint
 from transferlab.utils.errors import UserError
+from transferlab.utils.io import write_json_atomic
 from transferlab.utils.threads import configure_cpu
 
 
@@ -43,13 +49,54 @@ def input_files(source: Path) -> tuple[Path, list[Path]]:
 
 
 def check_readable(files: list[Path]) -> None:
-    """Fail before any work on a file that is not an image (reads headers only)."""
+    """``on_bad_file=error``: fail before any work on a file that is not an image (reads headers only)."""
     for path in files:
         try:
             with Image.open(path) as image:
                 image.verify()
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise UserError(f"cannot read image {path} ({err}). Remove it from the input or replace it") from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise UserError(
+                f"cannot read image {path} ({err}). Remove it from the input or replace it, or set on_bad_file=skip "
+                "to predict the others"
+            ) from err
+
+
+def predict_files(predictor: Predictor, root: Path, files: list[Path], policy: str) -> list[UnreadableImage]:
+    """Give `predictor` every file that decodes; the unreadable ones, each warned about (``skip``), are returned.
+
+    ``error`` stops at the first unreadable file (one the header check let through: a truncated JPEG)."""
+    skipped: list[UnreadableImage] = []
+    for path in files:
+        try:
+            image = decode_rgb(path)
+        except UnreadableImage as err:
+            if policy == "error":
+                raise UserError(f"{err}, or set on_bad_file=skip to predict the others") from None
+            warn_skipped(err)
+            skipped.append(err)
+            continue
+        predictor.add(image, path.relative_to(root))
+    if skipped and len(skipped) == len(files):
+        first = skipped[0]
+        if len(files) == 1:
+            raise first  # its own message: which file, why, what to do
+        raise UserError(
+            f"none of the {len(files)} input images can be read (each is named in a warning above; the first, "
+            f"{first.path}: {first.reason}). Check input=<an image file or folder>"
+        )
+    return skipped
+
+
+def record_skipped(output: Path, skipped: list[UnreadableImage]) -> str:
+    """List the skipped inputs in ``<output>/skipped_files.json`` (an earlier run's list there goes) and return the
+    lines that end the console output; '' when none was skipped."""
+    path = output / PREDICT_SKIPPED_FILE
+    if not skipped:
+        path.unlink(missing_ok=True)  # a list from an earlier run into the same folder would be wrong now
+        return ""
+    write_json_atomic(path, [{"path": err.path, "reason": err.reason} for err in skipped], elsewhere=ELSEWHERE)
+    lines = [f"Skipped {len(skipped)} unreadable input(s), listed in {path}:"]
+    return "\n".join([*lines, *(f"  {err.path} ({err.reason})" for err in skipped)])
 
 
 def build_predictor(cfg: DictConfig, options: PredictOptions) -> Predictor:
@@ -79,11 +126,14 @@ def run(cfg: DictConfig) -> Path:
         mask=None if cfg.mask is None else Path(cfg.mask).expanduser(),
     )
     root, files = input_files(Path(cfg.input).expanduser())
-    check_readable(files)
+    policy = cfg.get("on_bad_file", "skip")
+    if policy == "error":
+        check_readable(files)
     predictor = build_predictor(cfg, options)
-    for path in files:
-        predictor.add(decode_rgb(path), path.relative_to(root))
+    skipped = predict_files(predictor, root, files, policy)
     print(predictor.finish(), flush=True)
+    if listed := record_skipped(options.output, skipped):
+        print(listed, flush=True)
     return options.output
 
 

@@ -32,7 +32,7 @@ from transferlab.constants import FAILED_FILE, METRICS_FILE, SLURM_MANIFEST
 from transferlab.curves import finish_png, has_events, mean_band, plot_curves, pyplot, read_scalars
 from transferlab.sweeps import read_failure
 from transferlab.utils.errors import UserError, closest, report_user_errors
-from transferlab.utils.io import atomic_file
+from transferlab.utils.io import write_bytes_atomic
 
 
 @dataclass
@@ -440,10 +440,9 @@ def report(argv: Sequence[str] | None = None) -> str:
         text += notes and ["", *notes]
         for title, path in figures:
             text += ["", markdown_image(title, path, markdown_path)]
-    with atomic_file(csv_path) as tmp:
-        tmp.write_text(csv_text(groups, keys, metrics))
-    with atomic_file(markdown_path) as tmp:
-        tmp.write_text("\n".join(text) + "\n")
+    csv_bytes, markdown_bytes = csv_text(groups, keys, metrics).encode(), ("\n".join(text) + "\n").encode()
+    write_bytes_atomic(csv_path, csv_bytes, elsewhere="--csv <a file on another disk>")
+    write_bytes_atomic(markdown_path, markdown_bytes, elsewhere="--markdown <a file on another disk>")
     text += ["", f"Markdown: {markdown_path}", f"CSV: {csv_path}"]
     return "\n".join(text)
 

@@ -24,7 +24,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
-from pytorch_lightning.plugins.io import AsyncCheckpointIO
+from pytorch_lightning.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
 from pytorch_lightning.strategies.launchers import subprocess_script
 from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
 from pytorch_lightning.utilities import rank_zero_only
@@ -35,6 +35,7 @@ from transferlab.callbacks import ProgressBar
 from transferlab.console import CompactModelSummary, EpochLine
 from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import UserError, describe, find_user_error
+from transferlab.utils.io import atomic_open
 from transferlab.utils.threads import configure_cpu
 
 
@@ -119,23 +120,68 @@ def host_snapshot(checkpoint: Any) -> Any:
     return snapshot
 
 
-class HostSnapshotCheckpointIO(AsyncCheckpointIO):
-    """Lightning's background checkpoint writer, with the snapshot taken in host memory (`host_snapshot`) instead
-    of cloned on the device, where a save would briefly double the GPU memory the model and optimizer hold."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing through `utils.io.atomic_open`: a temporary file in the checkpoint's own
+    directory, fsynced, then renamed onto the real name.
+
+    Lightning's own writer stages the file in the system's temporary directory and copies it into place, so a
+    disk that fills mid-copy leaves a truncated ``best.ckpt`` under its real name (and a traceback). Here a failed
+    write raises `WriteFailed` (one line naming the file and the free space) and the previous file stays whole.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's fsspec writer
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_open(Path(path)) as out:  # a file object: torch reports a failed write as the OSError it was
+            torch.save(checkpoint, out)
+
+
+class HostSnapshotCheckpointIO(AsyncCheckpointIO):
+    """Lightning's background checkpoint writer, with the snapshot taken in host memory (`host_snapshot`) instead
+    of cloned on the device, where a save would briefly double the GPU memory the model and optimizer hold.
+
+    Files are written by `AtomicCheckpointIO` unless another writer is given. A write that fails in the background
+    is kept (`failure`) and raised on the training thread: at the next save, when `ModelCheckpoint` asks (every
+    step on one process, collectively at each save under DDP) and at teardown. After a failure nothing more is
+    written, so the last good checkpoints stay as they are while the run stops."""
+
+    def __init__(self, checkpoint_io: CheckpointIO | None = None) -> None:
+        super().__init__(checkpoint_io if checkpoint_io is not None else AtomicCheckpointIO())
+        self._failed = False
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        self.raise_failure()  # a write that failed since the last save
         self._ensure_setup()
         snapshot = host_snapshot(checkpoint)
 
         def write() -> None:
+            if self._failed:  # the run is stopping: keep what is on disk
+                return
             try:
                 self.checkpoint_io.save_checkpoint(snapshot, path, storage_options=storage_options)
-            except BaseException as err:  # raised on the training thread at the next save or teardown
-                self._error = err
+            except BaseException as err:  # raised on the training thread (`raise_failure`)
+                self._failed, self._error = True, err
 
         self._executor.submit(write)
-        if self._error:  # a write that failed since the last save
-            raise self._error
+
+    def failure(self, wait: bool = False) -> BaseException | None:
+        """The error of a background write not yet raised; with `wait`, after the writes queued so far ended."""
+        if wait and self._executor is not None:
+            self._executor.submit(lambda: None).result()  # one writer thread: the writes before it have ended
+        return self._error
+
+    def raise_failure(self, wait: bool = False) -> None:
+        """Raise the error of a failed background write, once."""
+        error, self._error = self.failure(wait), None
+        if error is not None:
+            raise error
+
+    def teardown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.raise_failure()
 
 
 def decided_accelerator(trainer_cfg: DictConfig) -> str:

@@ -75,12 +75,23 @@ def test_skipped_files_are_recorded_once_across_processes(tmp_path: Path, capsys
     for bad_files in (first, second, first):
         bad_files.handle(err)
     first.handle(UnreadableImage(tmp_path / "b.jpg", "cannot identify image file"))
+    (tmp_path / "record" / ".c1f2.x7.tmp").write_text("")  # a record another worker is writing right now
     assert [e["path"] for e in second.skipped()] == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
     with pytest.raises(UserError, match=r"a.jpg \(truncated\). Remove or replace the file, or set data.on_bad_file"):
         BadFiles("error").handle(err)
     with pytest.raises(UserError, match="data.on_bad_file must be one of skip, error, got 'ignore'"):
         BadFiles("ignore")
+
+
+def test_a_record_that_cannot_be_written_is_a_plain_one_line_error(small_disk) -> None:
+    disk = small_disk(16 * 1024)
+    (disk / "filler").write_bytes(bytes(16 * 1024))
+    with pytest.raises(UserError) as failed:
+        BadFiles("skip", disk / "skipped").handle(UnreadableImage("a.jpg", "truncated"))
+    assert type(failed.value) is UserError  # a DataLoader worker re-raises it from its message: no other arguments
+    expected = r"cannot write .*/skipped/\w+: no space left on device \(0 B free\)\. Free space.*"
+    assert re.fullmatch(expected, str(failed.value))
 
 
 def _folder_with_bad_files(root: Path) -> list[Path]:

@@ -10,7 +10,6 @@ library: Hydra imports every module of its plugin packages at start-up.
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -42,9 +41,10 @@ def main(payload: Path, result: Path) -> None:
         ret._return_value = RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value} ({err})")
         ret.return_value = None if ret.status.name == "FAILED" else str(ret.return_value)
         data = cloudpickle.dumps(ret)
-    partial = result.with_name(result.name + ".tmp")
-    partial.write_bytes(data)
-    os.replace(partial, result)
+    from transferlab.utils.errors import report_user_errors
+    from transferlab.utils.io import SWEEP_ELSEWHERE, write_bytes_atomic
+
+    report_user_errors(write_bytes_atomic)(result, data, SWEEP_ELSEWHERE)  # the JobReturn, whole or not at all
     sys.stdout.flush()
     sys.stderr.flush()
 

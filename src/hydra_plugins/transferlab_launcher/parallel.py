@@ -270,7 +270,10 @@ class ParallelLauncher(Launcher):
         payload, job.result = work / f"{job.idx}.pkl", work / f"{job.idx}{RESULT_SUFFIX}"
         entry = _entry_module()
         state = (self.hydra_context, self.task_function, job.config, Singleton.get_state(), entry)
-        payload.write_bytes(cloudpickle.dumps(state))
+        from transferlab.utils.errors import report_user_errors
+        from transferlab.utils.io import SWEEP_ELSEWHERE, write_bytes_atomic
+
+        report_user_errors(write_bytes_atomic)(payload, cloudpickle.dumps(state), SWEEP_ELSEWHERE)  # one line, exit 2
         env = dict(os.environ)
         if job.gpus_wanted or gpu_machine:  # a CPU job on a GPU machine sees no GPU
             env["CUDA_VISIBLE_DEVICES"] = ",".join(job.gpus)

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from transferlab.constants import METRICS_FILE, OPTUNA_STUDY_DB, OPTUNA_TRIAL_ENV
 from transferlab.sweeps import end_sweep, read_failure
 from transferlab.utils.errors import UserError, one_line
-from transferlab.utils.io import atomic_file
+from transferlab.utils.io import SWEEP_ELSEWHERE, atomic_file
 from transferlab.utils.optuna_storage import open_storage
 
 from ._space import SearchSpace, parse_search_space
@@ -77,7 +77,7 @@ class OptunaSweep:
             raise UserError("the Optuna search space is empty. Give hydra.sweeper.params or a sweep override")
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         with _sweep_lock(self.sweep_dir):
-            with atomic_file(self.sweep_dir / "multirun.yaml") as tmp:
+            with atomic_file(self.sweep_dir / "multirun.yaml", SWEEP_ELSEWHERE) as tmp:
                 OmegaConf.save(self.config, tmp)
             return self._run(space)
 
@@ -308,7 +308,7 @@ class OptunaSweep:
             results["solutions"] = front
             log.info(f"Pareto front: {len(front)} trials ({', '.join(str(t['number']) for t in front)})")
         log.info(f"See it: optuna-dashboard {storage}")
-        with atomic_file(self.sweep_dir / "optimization_results.yaml") as tmp:
+        with atomic_file(self.sweep_dir / "optimization_results.yaml", SWEEP_ELSEWHERE) as tmp:
             OmegaConf.save(OmegaConf.create(results), tmp)
 
 

@@ -34,6 +34,8 @@ class TransferlabBasicSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         """Hydra's loop (batches of ``max_batch_size`` jobs, each batch validated first), without the re-raise."""
         from transferlab.sweeps import end_sweep
+        from transferlab.utils.errors import report_user_errors
+        from transferlab.utils.io import SWEEP_ELSEWHERE, write_bytes_atomic
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         params = [*self._parse_config(), *arguments]
@@ -41,7 +43,8 @@ class TransferlabBasicSweeper(BasicSweeper):
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        yaml = OmegaConf.to_yaml(self.config).encode()  # what Hydra's OmegaConf.save writes, written atomically
+        report_user_errors(write_bytes_atomic)(sweep_dir / "multirun.yaml", yaml, SWEEP_ELSEWHERE)  # one line, exit 2
 
         returns: list[Any] = []
         initial_job_idx = 0

@@ -40,7 +40,7 @@ from transferlab.data.device_augment import flatten_transforms
 from transferlab.data.images import BadFiles, SkippingLoader, decode_rgb
 from transferlab.data.jpeg_batches import EncodedImages, TrainCrops, collate_encoded, decode_batch, eval_crops
 from transferlab.utils.errors import UserError
-from transferlab.utils.io import atomic_file
+from transferlab.utils.io import atomic_open
 
 DECODE_MODES = (None, "cpu", "device")
 CACHE_FORMAT = "transferlab-imagefolder-cache"
@@ -91,8 +91,8 @@ def write_cache(root: Path, size: int, workers: int = 0) -> Path:
         }
     payload = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "size": size, "classes": classes, "splits": splits}
     target = cache_path(root, size)
-    with atomic_file(target) as tmp:
-        torch.save(payload, tmp)
+    with atomic_open(target, elsewhere="") as out:  # a full disk: one line with the free space, no cache left
+        torch.save(payload, out)
     return target
 
 

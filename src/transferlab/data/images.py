@@ -14,7 +14,6 @@ JPEGs do use torchvision's nvJPEG (jpeg_batches.py).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from transferlab.constants import IMAGE_EXTENSIONS
 from transferlab.utils.errors import UserError
+from transferlab.utils.io import WriteFailed, create_atomic
 
 BAD_FILE_POLICIES = ("skip", "error")
 _WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
@@ -75,10 +75,15 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
+def warn_skipped(err: UnreadableImage) -> None:
+    """The one warning line for a skipped unreadable file (training, evaluation and tl-predict say it alike)."""
+    print(f"warning: skipped unreadable image {err.path} ({err.reason})", file=sys.stderr, flush=True)
+
+
 class BadFiles:
     """What a run does with an unreadable file: stop (``error``) or skip it with one warning (``skip``).
 
-    Skipped files are recorded as marker files in `folder`, created exclusively, so each file is warned
+    Skipped files are recorded as marker files in `folder`, created exclusively and whole, so each file is warned
     about once even when several DataLoader workers or DDP ranks meet it, and the run can list them all
     in ``metrics.json``. The runner points `folder` into the run directory; without it (a datamodule used
     from Python) a temporary folder is made, before any worker starts, and removed with this object.
@@ -98,16 +103,13 @@ class BadFiles:
         """Raise for ``error``; for ``skip`` record the file (warning the first time it is seen)."""
         if self.policy == "error":
             raise UserError(f"{err}, or set data.on_bad_file=skip to train without it") from None
-        folder = self.ready_folder()
-        folder.mkdir(parents=True, exist_ok=True)
-        marker = folder / hashlib.sha1(err.path.encode()).hexdigest()[:20]
+        marker = self.ready_folder() / hashlib.sha1(err.path.encode()).hexdigest()[:20]
         try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as out:
-            out.write(f"{err.path}\t{err.reason}\n")
-        print(f"warning: skipped unreadable image {err.path} ({err.reason})", file=sys.stderr, flush=True)
+            created = create_atomic(marker, f"{err.path}\t{err.reason}\n".encode())  # False: another was first
+        except WriteFailed as failed:  # in a DataLoader worker: torch rebuilds an exception from its message alone
+            raise UserError(str(failed)) from None
+        if created:
+            warn_skipped(err)
 
     def ready_folder(self) -> Path:
         """The record folder, a temporary one if none was set (call before DataLoader workers start)."""
@@ -120,7 +122,8 @@ class BadFiles:
         """Every file skipped so far (by any process), sorted by path."""
         if self.folder is None or not self.folder.is_dir():
             return []
-        entries = [marker.read_text().rstrip("\n").split("\t", 1) for marker in self.folder.iterdir()]
+        markers = (marker for marker in self.folder.iterdir() if not marker.name.startswith("."))  # not a temporary
+        entries = [marker.read_text().rstrip("\n").split("\t", 1) for marker in markers]
         return sorted(({"path": path, "reason": reason} for path, reason in entries), key=lambda e: e["path"])
 
 

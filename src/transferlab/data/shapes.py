@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from transferlab.data.base import ClassificationDataModule, TensorImageDataset
+from transferlab.utils.io import atomic_open
 
 Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -166,9 +167,8 @@ def export_imagefolder(
     for split, per_class, split_seed in (("train", train_per_class, seed), ("val", val_per_class, seed + 1)):
         images, labels = generate(per_class * len(CLASSES), image_size, split_seed)
         for i, (image, label) in enumerate(zip(images, labels.tolist())):
-            folder = root / split / CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:06d}.png")
+            with atomic_open(root / split / CLASSES[label] / f"{i:06d}.png", elsewhere="a root on another disk") as out:
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(out, format="PNG")
     return root
 
 

@@ -192,6 +192,7 @@ RULES: dict[str, Rule] = {
     "batch_size": COUNT,
     "tile": Number(low=8, integer=True),
     "overlap": Number(low=0, integer=True),
+    "on_bad_file": OneOf(("skip", "error")),
     # tl-export
     "format": OneOf(("onnx", "torchscript")),
     "dynamo": OneOf((True, False)),

@@ -54,14 +54,19 @@ def describe(err: BaseException) -> str:
 
 
 def report_user_errors(fn: F) -> F:
-    """Decorate a CLI entry so a `UserError` ends the process with a one-line message and exit 2."""
+    """Decorate a CLI entry so a `UserError` ends the process with a one-line message and exit 2.
+
+    So does a failed write inside a library (a full disk under TensorBoard's event writer: `io.write_fault`);
+    transferlab's own writes raise `io.WriteFailed`, a `UserError`, themselves."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            user_error = find_user_error(err)
+            from transferlab.utils.io import write_fault  # io builds on this module
+
+            user_error = find_user_error(err) or write_fault(err)
             if user_error is None:
                 raise
             message = f"error: {one_line(user_error)}"
