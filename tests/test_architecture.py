@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 LAYERS = [  # bottom to top, as the page draws them
     {"constants", "utils"},
-    {"nets", "inference", "backbones", "losses", "finetune", "optim", "data", "callbacks", "loggers", "curves", "sweeps"},
+    {"nets", "inference", "backbones", "losses", "finetune", "optim", "data", "callbacks", "loggers", "curves"}
+    | {"sweeps"},
     {"tasks"},
     {"runner", "trust", "exported", "console"},
     {"cli", "train", "evaluate", "predict", "export", "report", "api"},
