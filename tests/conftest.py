@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,27 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds (a background command got somewhere), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool], log: Path, what: str, timeout: float = 300) -> None:
+    """SIGKILL `process` (a `start_cli` command, with its whole process group) once `ready()` holds: a run killed
+    midway, as a crash or a lost node would. Fails if the command ended on its own first."""
+    try:
+        wait_for(lambda: ready() or process.poll() is not None, timeout, what)
+        assert process.poll() is None, f"it ended before it could be killed:\n{log.read_text()[-3000:]}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def start_cli(*args: str, cwd: Path, log: Path) -> subprocess.Popen:

@@ -6,8 +6,6 @@ mid-trial and re-launched, a failing trial, and optuna-dashboard on the study.""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +21,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from conftest import run_cli, start_cli
+from conftest import kill_when, run_cli, start_cli
 from transferlab.constants import FAILED_FILE, METRICS_FILE, OPTUNA_TRIAL_ENV
 from transferlab.sweeps import EXIT_JOBS_FAILED
 from transferlab.utils.errors import UserError
@@ -306,14 +304,6 @@ def test_optuna_dashboard_serves_the_sweeps_study(study_cfg: Callable[..., DictC
 
 
 # -- through the CLI --------------------------------------------------------------------------------------------
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
-        time.sleep(0.2)
-
-
 KILLED = [
     "-m",
     "sweep=optuna",
@@ -331,15 +321,7 @@ def test_a_sweep_killed_mid_trial_resumes_that_trial_in_its_own_directory(tmp_pa
     args = [*KILLED, f"hydra.sweep.dir={sweep_dir}"]
     log = tmp_path / "first_launch.log"
     first = start_cli("tl-train", *args, cwd=tmp_path, log=log)
-    try:
-        _wait_for(
-            lambda: any(sweep_dir.glob("*/checkpoints/last.ckpt")) or first.poll() is not None, 300, "a last.ckpt"
-        )
-        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    kill_when(first, lambda: any(sweep_dir.glob("*/checkpoints/last.ckpt")), log, "a last.ckpt")
     (job,) = [p.parent.parent for p in sweep_dir.glob("*/checkpoints/last.ckpt")]
     storage = open_storage(str(sweep_dir / "optuna.db"))
     assert [t.state for t in optuna.load_study(study_name="debug", storage=storage).trials] == [TrialState.RUNNING]

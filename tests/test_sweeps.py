@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,7 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from conftest import KEEP_LAST, make_data, run_cli, start_cli
+from conftest import KEEP_LAST, kill_when, make_data, run_cli, start_cli, wait_for
 from transferlab.data.shapes import ShapesDataModule
 from transferlab.report import report
 from transferlab.runner import build_trainer
@@ -34,14 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = ["debug=tiny", "data.examples_per_class=2,4", "seed=0,1"]
 GRID_JOBS = {f"data.examples_per_class={k},debug=tiny,seed={s}" for k in (2, 4) for s in (0, 1)}
 REPORT = [sys.executable, "-m", "transferlab.report"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
-        time.sleep(0.2)
 
 
 # -- job directory names, resolvers, configs (no training) ------------------------------------------------------
@@ -189,13 +179,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> dict:
     started = time.monotonic()
     log = cwd / "first_launch.log"
     first = start_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd, log=log)
-    try:
-        wait_for(lambda: any(sweep_dir.glob("*/metrics.json")) or first.poll() is not None, 300, "the first job")
-        assert first.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-3000:]}"
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    kill_when(first, lambda: any(sweep_dir.glob("*/metrics.json")), log, "the first job")
     finished_before = {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.json")}
     relaunch = run_cli("tl-train", "-m", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=cwd)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]

@@ -92,6 +92,15 @@ def job_log_file(job_dir: Path) -> Path | None:
     return next((f for f in files if f.parent == job_dir), None)
 
 
+def last_error_line(log: Path) -> str | None:
+    """A job's own one-line ``error: …`` (transferlab's user errors) from its log or console output, if any."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), None)
+
+
 def read_failure(job_dir: Path) -> dict[str, Any] | None:
     """A failed job's record (``failed.json``), or None."""
     try:

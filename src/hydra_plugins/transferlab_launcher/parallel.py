@@ -434,17 +434,11 @@ def _died(code: int | None, console: Path) -> str:
         if code is not None and code < 0 and -code in signal.Signals._value2member_map_
         else f"exited with status {code}"
     )
-    own = _last_error_line(console)
+    from transferlab.sweeps import last_error_line
+
+    own = last_error_line(console)
     said = f": {own}" if own else ""
     return f"its process {how} without a result{said}; see {console}"
-
-
-def _last_error_line(console: Path) -> str | None:
-    try:
-        lines = console.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    return next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), None)
 
 
 def _reason(ret: JobReturn) -> str:

@@ -178,7 +178,7 @@ def died(job: Any, overrides: list[str], job_dir: Path, err: BaseException) -> A
     from hydra.core.utils import JobReturn, JobStatus
 
     from transferlab.constants import FAILED_FILE
-    from transferlab.sweeps import JobFailed, read_failure
+    from transferlab.sweeps import JobFailed, last_error_line, read_failure
     from transferlab.utils.io import write_json_atomic
 
     err_log = Path(job.paths.stderr)
@@ -267,6 +267,8 @@ def squeue_watcher_class() -> type:
 def describe_failure(message: str) -> str:
     """One line for a submitit failure: a refused submission (sbatch's own words) or a failed job (its own
     ``error:`` line, from the error stream submitit quotes or the job's log, and where that log is)."""
+    from transferlab.sweeps import last_error_line
+
     refused = re.search(r"sbatch: error: (.+)", message)
     if refused:
         return f"SLURM refused the job: {refused.group(1).strip()}. Check {RESOURCE_KEYS}"
@@ -289,12 +291,3 @@ def describe_failure(message: str) -> str:
     reason = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)), None)
     reason = reason or (lines[-1] if lines else "no reason given")
     return f"a SLURM job failed ({reason[:200]}){where}"
-
-
-def last_error_line(log: Path) -> str | None:
-    """The job's own one-line ``error: …`` (transferlab's user errors), if its log has one."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    return next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), None)
