@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.constants import FAILED_FILE
-from transferlab.utils.errors import find_user_error, one_line, process_rank, to_log_files
+from transferlab.utils.errors import error_chain, find_user_error, one_line, process_rank, to_log_files
 from transferlab.utils.io import write_json_atomic
 
 EXIT_JOBS_FAILED = 1
@@ -70,20 +70,12 @@ def record_failure(job_dir: Path, err: BaseException) -> str:
     details = "" if user_error is not None else "\n" + "".join(traceback.format_exception(err))
     to_log_files(f"error: {reason}{details}")  # the console gets the one line below, the log the traceback too
     log_file = job_log_file(job_dir)
-    outcome = next((e.job_outcome for e in _chain(err) if hasattr(e, "job_outcome")), "failed")
+    outcome = next((e.job_outcome for e in error_chain(err) if hasattr(e, "job_outcome")), "failed")
     if process_rank() == 0:
         record = {"outcome": outcome, "error": reason, "log": str(log_file) if log_file else None}
         write_json_atomic(job_dir / FAILED_FILE, record)
         print(f"error: job {job_dir.name}: {reason}", file=sys.stderr, flush=True)
     return reason
-
-
-def _chain(err: BaseException | None) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
 
 
 def job_log_file(job_dir: Path) -> Path | None:

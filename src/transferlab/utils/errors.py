@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,15 +29,18 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return f" Did you mean {', '.join(matches)}?" if matches else ""
 
 
+def error_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """`err` and the exceptions behind it (``raise … from``, or raised while handling), each once."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
 def find_user_error(err: BaseException | None) -> UserError | None:
     """The `UserError` behind `err`, also when a library re-raised it (Hydra's instantiate does)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return next((e for e in error_chain(err) if isinstance(e, UserError)), None)
 
 
 def one_line(err: BaseException) -> str:
