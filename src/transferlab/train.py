@@ -40,6 +40,7 @@ from transferlab.utils.checks import check_values
 from transferlab.utils.config import flatten
 from transferlab.utils.errors import UserError
 from transferlab.utils.io import write_json_atomic
+from transferlab.utils.threads import cpu_record
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -95,7 +96,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         datamodule.trainer = trainer
         datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
         if trainer.is_global_zero and not cfg.get("verbose", False):
-            print(header(cfg, trainer, job_dir), flush=True)
+            print(header(cfg, trainer, job_dir, cpu_record(getattr(datamodule, "num_workers", None))), flush=True)
         start_runs(trainer.loggers, flatten(config), list(cfg.get("tags", [])))  # listed by the trackers from now on
 
         metrics: dict[str, float] = {}
@@ -133,6 +134,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             "skipped_files": datamodule.skipped_files(),
             "resumed_from": ckpt_path if cfg.train else None,
             "wall_time_s": round(time.time() - started, 2),
+            "cpu": cpu_record(getattr(datamodule, "workers_used", None)),  # threads, loader workers, their source
             "overrides": task_overrides(),
             "version": __version__,
         }
