@@ -14,7 +14,6 @@ import torch
 from transferlab.utils import cores, threads
 from transferlab.utils.errors import UserError
 
-
 BRIEF = ("trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
 
 
