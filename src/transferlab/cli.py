@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from transferlab.constants import CKPT_PATH_HINT
+from transferlab.constants import CHECKPOINT_DIR, CKPT_PATH_HINT, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
@@ -300,8 +300,16 @@ def _check(cfg: object, multirun: bool) -> None:
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
         value = cfg.get(key)
         if isinstance(value, str) and value not in ("???", "last") and not Path(value).expanduser().exists():
+            if key == "ckpt_path" and cfg.get("train") and deleted_at_clean_end(Path(value).expanduser()):
+                continue  # tl-train says what can be done instead (transferlab.train.refuse_missing_last)
             fix = CKPT_PATH_HINT if key == "ckpt_path" else f"Check {key}=…"
             raise UserError(f"{what} {Path(value)} does not exist. {fix}")
+
+
+def deleted_at_clean_end(path: Path) -> bool:
+    """Whether `path` is the last.ckpt of a run that finished cleanly (it wrote metrics.json), which deleted it."""
+    finished = (path.parent.parent / METRICS_FILE).is_file()
+    return path.name == LAST_CHECKPOINT and path.parent.name == CHECKPOINT_DIR and not path.exists() and finished
 
 
 def check_launcher(cfg: Any) -> None:

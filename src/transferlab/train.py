@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
-from transferlab.cli import hydra_app
+from transferlab.cli import deleted_at_clean_end, hydra_app
 from transferlab.console import header, quiet, results_line
 from transferlab.constants import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.loggers import finishing, log_final_metrics, start_runs
@@ -186,10 +186,8 @@ def refuse_missing_last(path: Path, trusted: Any = ()) -> None:
             raise finished_run_error(path, trusted)
         hint = f"ckpt_path={last}" if last.is_file() else f"ckpt_path=<run dir>/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"
         raise UserError(f"ckpt_path={path} is a directory, not a checkpoint. To resume that run: {hint}")
-    run_dir = path.parent.parent
-    gone = path.name == LAST_CHECKPOINT and path.parent.name == CHECKPOINT_DIR and not path.exists()
-    if gone and finished_summary(run_dir) is not None:
-        raise finished_run_error(run_dir, trusted)
+    if deleted_at_clean_end(path):
+        raise finished_run_error(path.parent.parent, trusted)
 
 
 def _best_monitored(cfg: DictConfig, checkpoint: ModelCheckpoint | None, metrics: dict[str, float]) -> float | None:

@@ -121,7 +121,7 @@ def test_the_cli_refuses_a_bad_cpu_threads_before_any_run(make_cfg) -> None:
 
 
 @pytest.mark.slow  # two short training runs: ~30 s on 2 shared cores
-def test_same_seed_same_machine_same_numbers_and_threads_whatever_the_load(monkeypatch, make_cfg) -> None:
+def test_same_seed_same_machine_same_numbers_and_threads_whatever_the_load(monkeypatch, make_cfg, capsys) -> None:
     """The load is faked to differ between the two runs (one busy core, then none): the load-sampling default of
     old gave them 1 and then 2 threads. Now both get what affinity grants, and identical metrics."""
     import json
@@ -138,6 +138,7 @@ def test_same_seed_same_machine_same_numbers_and_threads_whatever_the_load(monke
         summaries.append(json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text()))
     a, b = summaries
     assert a["cpu"] == b["cpu"] == {"threads": 2, "loader_workers": a["cpu"]["loader_workers"], "source": "affinity"}
+    assert capsys.readouterr().out.count("cpu (2 threads, 0 loader workers; from affinity)") == 2, "the header"
     timings = {name for name in a["metrics"] if name.startswith("time/")}
     assert {k: v for k, v in a["metrics"].items() if k not in timings} == {
         k: v for k, v in b["metrics"].items() if k not in timings
