@@ -54,7 +54,9 @@ def test_eval_reproduces_the_training_test_metric(trained: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     eval_dir = run_dir(result.stdout)
     assert eval_dir.parent.parent.name == "eval"
-    metrics = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+    summary = json.loads((eval_dir / "metrics.json").read_text())
+    metrics = summary["metrics"]
+    assert summary["cpu"]["threads"] >= 1 and summary["cpu"]["loader_workers"] >= 0, "tl-eval records its CPU use too"
     for name in ("test/acc", "test/loss", "test/acc_top5"):
         assert abs(metrics[name] - train_metrics[name]) <= 1e-4, name
 

@@ -14,8 +14,9 @@ rank as its own task with its own CPUs. Loader workers (``data.num_workers: null
 
 Why ``auto_idle`` exists: torch starts one OpenMP thread per core it sees. On a shared machine that is a trap:
 with one of two cores busy (another job, a compile, a browser), torch's two threads wait on each other at every
-parallel region, and the default job took 12.5 min instead of 33 s (18 s with ``OMP_NUM_THREADS=1``). Sizing from
-the idle cores avoids that, but a load sample differs from run to run, so the same seed could train with another
+parallel region, and the default job took 12.5 min instead of 33 s (18 s with ``OMP_NUM_THREADS=1``); on 2 cores
+with one kept busy, its first epoch took 13.1 s with one thread and 30.7 s with two. Sizing from the idle cores
+avoids that, but a load sample differs from run to run, so the same seed could train with another
 thread count and give other numbers; hence it is opt-in, and the default counts only what the machine grants.
 The choice is recorded (`cpu_record`: metrics.json's ``cpu`` and the run header).
 """
