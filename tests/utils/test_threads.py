@@ -73,6 +73,17 @@ def test_slurm_cpus_per_task_caps_the_cores(monkeypatch, tmp_path: Path) -> None
     assert cores.usable_cores() == (8, "cgroup quota")
 
 
+def test_the_parallel_launcher_pins_jobs_within_the_same_limits(monkeypatch, tmp_path: Path) -> None:
+    from hydra_plugins.transferlab_launcher import parallel
+
+    fake_machine(monkeypatch, 16)
+    assert parallel.usable_cores() == list(range(16))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert parallel.usable_cores() == [0, 1, 2]
+    quota(monkeypatch, tmp_path, "200000 100000\n")
+    assert parallel.usable_cores() == [0, 1]
+
+
 @pytest.mark.parametrize(("processes", "tasks_per_node", "expected"), [(1, None, 8), (2, None, 4), (2, "2", 8)])
 def test_ddp_ranks_share_the_cores_unless_slurm_gave_each_its_own(
     monkeypatch, processes: int, tasks_per_node: str | None, expected: int
