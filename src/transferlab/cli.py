@@ -185,9 +185,11 @@ def _module_name(fn: Callable[..., Any]) -> str:
 def preflight(config_name: str, args: list[str]) -> None:
     """Compose the config of `args` as the run will and raise `UserError` for anything wrong in it.
 
-    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra.
+    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra. ``--config-dir``
+    (``-cd``), a folder of the user's configs beside transferlab's, is checked too: it joins the search path.
     """
-    if any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
+    args = _config_dir_as_searchpath(args)
+    if args is None or any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -207,6 +209,38 @@ def preflight(config_name: str, args: list[str]) -> None:
                 raise _composition_error(err, config_name, combination) from None
             _check(cfg, multirun)
     GlobalHydra.instance().clear()
+
+
+def _config_dir_as_searchpath(args: list[str]) -> list[str] | None:
+    """`args` with ``--config-dir DIR`` (``-cd``) written as the override Hydra applies for it, ``hydra.searchpath``.
+
+    An installed transferlab's own configs stay the primary config; the user's folder adds options
+    (``data/mydata.yaml`` → ``data=mydata``). None when it cannot be written so (a ``hydra.searchpath`` override
+    is given too): Hydra then composes it alone, as before.
+    """
+    dirs: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            if not eq:
+                index += 1
+                value = args[index] if index < len(args) else ""
+            dirs.append(value)
+        else:
+            rest.append(arg)
+        index += 1
+    if not dirs:
+        return args
+    if any(arg.split("=", 1)[0] == "hydra.searchpath" for arg in rest):
+        return None
+    for folder in dirs:
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"--config-dir {folder} is not a folder. Pass the folder that holds your config groups")
+    paths = ",".join(f"'file://{Path(folder).expanduser().absolute()}'" for folder in dirs)
+    return [*rest, f"hydra.searchpath=[{paths}]"]
 
 
 def _combinations(overrides: list[str], multirun: bool) -> Iterator[list[str]]:
