@@ -107,12 +107,12 @@ def write_hydra_files_atomically() -> None:
 
     Hydra opens them with a plain ``open()`` before the job runs (outside `report_user_errors`): on a full disk it
     leaves an empty ``config.yaml`` and ends in a traceback. Through the atomic writer a failure leaves no file and
-    is the one ``error:`` line (exit 2). Hydra 1.3 looks the function up in its module at each job, so replacing it
-    there is enough (tested by tests/test_disk_full.py).
+    is the one ``error:`` line (exit 2). See `transferlab.upstream.hydra_save_config` (tested by
+    tests/test_disk_full.py).
     """
-    import hydra.core.utils as hydra_utils
     from omegaconf import OmegaConf
 
+    from transferlab.upstream import hydra_save_config
     from transferlab.utils.io import write_bytes_atomic
 
     def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
@@ -122,7 +122,7 @@ def write_hydra_files_atomically() -> None:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
-    hydra_utils._save_config = save_config
+    hydra_save_config.install(save_config)
 
 
 def quiet_failed_writer_threads() -> None:
