@@ -93,6 +93,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
 
         @functools.wraps(main)
         def launched(*args: Any, **kwargs: Any) -> Any:  # the command runs: a failed write is one line from here on
+            report_user_errors(check_lightning_choice)()  # `python -m transferlab.train` has no preflight
             write_hydra_files_atomically()
             quiet_failed_writer_threads()
             return main(*args, **kwargs)
@@ -100,6 +101,16 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
         return launched
 
     return wrap
+
+
+def check_lightning_choice() -> None:
+    """Raise `UserError` for a ``TRANSFERLAB_LIGHTNING`` naming no installed package (see `upstream.lightning`)."""
+    from transferlab.upstream.lightning import LightningChoiceError, select
+
+    try:
+        select()
+    except LightningChoiceError as err:
+        raise UserError(str(err)) from None
 
 
 def write_hydra_files_atomically() -> None:
@@ -187,6 +198,7 @@ def preflight(config_name: str, args: list[str]) -> None:
 
     Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra.
     """
+    check_lightning_choice()
     if any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
         return
     from hydra import compose, initialize_config_dir

@@ -35,6 +35,7 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from transferlab.upstream.lightning import module_name
 from transferlab.utils import resolvers
 from transferlab.utils.errors import UserError
 
@@ -304,7 +305,9 @@ def mlflow_logger(
         if artifact_location is None:
             artifact_location = (database.parent / "artifacts").resolve().as_uri()
     # creating the database logs its migrations (alembic, mlflow.store), a new experiment a Lightning warning
-    with _loggers_above(logging.ERROR, "alembic", "mlflow.store.db.utils", "pytorch_lightning.loggers.mlflow"):
+    with _loggers_above(
+        logging.ERROR, "alembic", "mlflow.store.db.utils", module_name("pytorch_lightning.loggers.mlflow")
+    ):
         logger = MLFlowLogger(
             experiment_name=experiment_name,
             tracking_uri=tracking_uri,
