@@ -33,10 +33,18 @@ class LightningChoiceError(ImportError):
 
 
 def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+    """Whether top-level package `name` is installed, our own alias not counted."""
+    if name in sys.modules and sys.modules[name].__name__ == name:
+        return True
+    for finder in sys.meta_path:
+        if isinstance(finder, _AliasFinder) or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            if finder.find_spec(name, None) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
 
 
 class _AliasLoader(importlib.abc.Loader):
