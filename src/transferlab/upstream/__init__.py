@@ -19,6 +19,8 @@ Modules (upstream symbol → module):
 * Lightning ``_AcceleratorConnector._choose_auto_accelerator`` / ``_choose_gpu_accelerator_backend`` →
   `lightning_accelerator`;
 * Lightning ``DDPStrategy._ddp_kwargs`` → `lightning_ddp_kwargs`;
+* Lightning ``ModelCheckpoint._save_checkpoint`` / ``_save_last_checkpoint``: overridden by
+  `transferlab.callbacks.ModelCheckpoint` (a subclass overrides in place; its canary is here all the same);
 * Lightning ``WandbLogger._wandb_init`` / ``WandbLogger._experiment`` → `lightning_wandb_logger`;
 * torch ``SummaryWriter._get_file_writer`` → `tensorboard_file_writer`;
 * torch ``Module._non_persistent_buffers_set`` → `torch_buffers`;
