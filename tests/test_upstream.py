@@ -281,3 +281,21 @@ def test_private_imports_live_in_upstream() -> None:
         hit for path in sorted(SRC.rglob("*.py")) if upstream not in path.parents for hit in _private_imports(path)
     ]
     assert not found, f"private upstream imports outside transferlab.upstream (move each there, with a canary): {found}"
+
+
+def test_plugins_stay_light_with_their_upstream_modules() -> None:
+    """Hydra imports every plugin at start-up (``--help`` too): through `transferlab.upstream` they import no torch
+    and no Lightning."""
+    import subprocess
+    import sys
+
+    plugins = [
+        "hydra_plugins.transferlab_sweeper.basic",
+        "hydra_plugins.transferlab_launcher.parallel",
+        "hydra_plugins.transferlab_launcher.slurm",
+    ]
+    script = f"import sys\nfor name in {plugins}: __import__(name)\n" + (
+        "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'lightning_fabric') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=SRC)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
