@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from transferlab.constants import CKPT_PATH_HINT
+from transferlab.constants import CHECKPOINT_DIR, CKPT_PATH_HINT, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
@@ -196,10 +196,12 @@ def _module_name(fn: Callable[..., Any]) -> str:
 def preflight(config_name: str, args: list[str]) -> None:
     """Compose the config of `args` as the run will and raise `UserError` for anything wrong in it.
 
-    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra.
+    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra. ``--config-dir``
+    (``-cd``), a folder of the user's configs beside transferlab's, is checked too: it joins the search path.
     """
     check_lightning_choice()
-    if any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
+    args = _config_dir_as_searchpath(args)
+    if args is None or any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -219,6 +221,38 @@ def preflight(config_name: str, args: list[str]) -> None:
                 raise _composition_error(err, config_name, combination) from None
             _check(cfg, multirun)
     GlobalHydra.instance().clear()
+
+
+def _config_dir_as_searchpath(args: list[str]) -> list[str] | None:
+    """`args` with ``--config-dir DIR`` (``-cd``) written as the override Hydra applies for it, ``hydra.searchpath``.
+
+    An installed transferlab's own configs stay the primary config; the user's folder adds options
+    (``data/mydata.yaml`` → ``data=mydata``). None when it cannot be written so (a ``hydra.searchpath`` override
+    is given too): Hydra then composes it alone, as before.
+    """
+    dirs: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            if not eq:
+                index += 1
+                value = args[index] if index < len(args) else ""
+            dirs.append(value)
+        else:
+            rest.append(arg)
+        index += 1
+    if not dirs:
+        return args
+    if any(arg.split("=", 1)[0] == "hydra.searchpath" for arg in rest):
+        return None
+    for folder in dirs:
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"--config-dir {folder} is not a folder. Pass the folder that holds your config groups")
+    paths = ",".join(f"'file://{Path(folder).expanduser().absolute()}'" for folder in dirs)
+    return [*rest, f"hydra.searchpath=[{paths}]"]
 
 
 def _combinations(overrides: list[str], multirun: bool) -> Iterator[list[str]]:
@@ -312,8 +346,16 @@ def _check(cfg: object, multirun: bool) -> None:
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
         value = cfg.get(key)
         if isinstance(value, str) and value not in ("???", "last") and not Path(value).expanduser().exists():
+            if key == "ckpt_path" and cfg.get("train") and deleted_at_clean_end(Path(value).expanduser()):
+                continue  # tl-train says what can be done instead (transferlab.train.refuse_missing_last)
             fix = CKPT_PATH_HINT if key == "ckpt_path" else f"Check {key}=…"
             raise UserError(f"{what} {Path(value)} does not exist. {fix}")
+
+
+def deleted_at_clean_end(path: Path) -> bool:
+    """Whether `path` is the last.ckpt of a run that finished cleanly (it wrote metrics.json), which deleted it."""
+    finished = (path.parent.parent / METRICS_FILE).is_file()
+    return path.name == LAST_CHECKPOINT and path.parent.name == CHECKPOINT_DIR and not path.exists() and finished
 
 
 def check_launcher(cfg: Any) -> None:

@@ -73,8 +73,9 @@ def quiet(verbose: bool) -> Iterator[None]:
         yield
 
 
-def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:
-    """One line: task, model, data, device, and where the outputs go."""
+def header(cfg: Any, trainer: pl.Trainer, run_dir: Any, cpu: dict[str, Any] | None = None) -> str:
+    """One line: task, model, data, device, and where the outputs go; on a CPU the threads and loader workers
+    (`cpu`: `transferlab.utils.threads.cpu_record`) and where their count came from."""
     task = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("Task")
     backbone = cfg.model.get("backbone")
     net = cfg.model.get("net")
@@ -87,9 +88,13 @@ def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:
     data = str(cfg.data.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")
     device = trainer.strategy.root_device.type
     devices = f"{trainer.world_size}×{device}" if trainer.world_size > 1 else device
-    if device == "cpu":  # what a shared machine left this run (transferlab.utils.threads)
+    if device == "cpu":  # what this machine grants the run (transferlab.utils.threads)
         threads = torch.get_num_threads()
-        devices += f" ({threads} thread{'s' if threads > 1 else ''})"
+        devices += f" ({threads} thread{'s' if threads > 1 else ''}"
+        if cpu is not None:
+            workers = cpu["loader_workers"]
+            devices += f", {workers} loader worker{'' if workers == 1 else 's'}; from {cpu['source']}"
+        devices += ")"
     return f"transferlab: {task} · {model} · {data} · {devices}, {trainer.precision} · run dir {run_dir}"
 
 

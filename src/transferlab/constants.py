@@ -10,6 +10,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torch.compile modes that replay CUDA graphs (inductor's cudagraph trees) on a GPU: their outputs live in a
 # memory pool that later compiled calls overwrite (see `transferlab.utils.compile`).
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+AUTO_IDLE = "auto_idle"  # cpu_threads: the cores idle when the run starts (transferlab.utils.threads)
 
 # What a run directory holds.
 FAILED_FILE = "failed.json"  # a sweep job that raised: its one-line reason and log (transferlab.sweeps)

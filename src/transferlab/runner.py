@@ -286,7 +286,13 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     own overrides, as a single run, in its own directory, writing no Hydra output of its own.
     """
     hydra_cfg = HydraConfig.get()
-    command = [sys.executable, "-m", cli.entry_module, *hydra_cfg.overrides.task]
+    # A user's own config folder (--config-dir, hydra.searchpath) is not among the task overrides: without it a
+    # rank > 0 could not find e.g. data=mydata. Hydra's argument parser wants the flag before the overrides.
+    own = [source.path for source in hydra_cfg.runtime.config_sources if source.provider == "command-line"]
+    command = [sys.executable, "-m", cli.entry_module, *(f"--config-dir={path}" for path in own)]
+    command += list(hydra_cfg.overrides.task)
+    if hydra_cfg.searchpath:
+        command.append("hydra.searchpath=[" + ",".join(f"'{path}'" for path in hydra_cfg.searchpath) + "]")
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
