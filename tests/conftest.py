@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import transferlab  # noqa: F401  first: it picks the Lightning package (transferlab.upstream.lightning)
+
+# isort: split
 import pytest
 import pytorch_lightning as pl
 import torch

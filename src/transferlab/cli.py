@@ -93,6 +93,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
 
         @functools.wraps(main)
         def launched(*args: Any, **kwargs: Any) -> Any:  # the command runs: a failed write is one line from here on
+            report_user_errors(check_lightning_choice)()  # `python -m transferlab.train` has no preflight
             write_hydra_files_atomically()
             quiet_failed_writer_threads()
             return main(*args, **kwargs)
@@ -102,17 +103,27 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
     return wrap
 
 
+def check_lightning_choice() -> None:
+    """Raise `UserError` for a ``TRANSFERLAB_LIGHTNING`` naming no installed package (see `upstream.lightning`)."""
+    from transferlab.upstream.lightning import LightningChoiceError, select
+
+    try:
+        select()
+    except LightningChoiceError as err:
+        raise UserError(str(err)) from None
+
+
 def write_hydra_files_atomically() -> None:
     """Make Hydra write a job's ``.hydra/*.yaml`` through `utils.io.write_bytes_atomic`.
 
     Hydra opens them with a plain ``open()`` before the job runs (outside `report_user_errors`): on a full disk it
     leaves an empty ``config.yaml`` and ends in a traceback. Through the atomic writer a failure leaves no file and
-    is the one ``error:`` line (exit 2). Hydra 1.3 looks the function up in its module at each job, so replacing it
-    there is enough (tested by tests/test_disk_full.py).
+    is the one ``error:`` line (exit 2). See `transferlab.upstream.hydra_save_config` (tested by
+    tests/test_disk_full.py).
     """
-    import hydra.core.utils as hydra_utils
     from omegaconf import OmegaConf
 
+    from transferlab.upstream import hydra_save_config
     from transferlab.utils.io import write_bytes_atomic
 
     def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
@@ -122,7 +133,7 @@ def write_hydra_files_atomically() -> None:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
-    hydra_utils._save_config = save_config
+    hydra_save_config.install(save_config)
 
 
 def quiet_failed_writer_threads() -> None:
@@ -188,6 +199,7 @@ def preflight(config_name: str, args: list[str]) -> None:
     Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra. ``--config-dir``
     (``-cd``), a folder of the user's configs beside transferlab's, is checked too: it joins the search path.
     """
+    check_lightning_choice()
     args = _config_dir_as_searchpath(args)
     if args is None or any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
         return

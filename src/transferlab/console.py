@@ -24,18 +24,26 @@ import torch
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
+from transferlab.upstream.lightning import module_name
+
 # Loggers whose INFO lines are Lightning's chatter (GPU/TPU banners, seed, tips, checkpoint restore notes).
-_CHATTY_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed", "lightning_fabric")
+# Named as the running Lightning package names them (transferlab.upstream.lightning: standalone or unified).
+_CHATTY_LOGGERS = tuple(
+    module_name(name)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed", "lightning_fabric")
+)
+_PL = r"(?:pytorch_lightning|lightning\.pytorch)"  # a warning's module, under either package
+_FABRIC = r"(?:lightning_fabric|lightning\.fabric)"
 # (message regex, module regex) of warnings that transferlab's own use of its libraries provokes.
 _PROVOKED_WARNINGS = (
-    (r".*isinstance\(treespec, LeafSpec\)", r"pytorch_lightning\.utilities\._pytree"),  # Lightning vs torch 2.10+
-    (r"Found \d+ module\(s\) in eval mode at the start of training", r"pytorch_lightning\.loops\.fit_loop"),
+    (r".*isinstance\(treespec, LeafSpec\)", _PL + r"\.utilities\._pytree"),  # Lightning vs torch 2.10+
+    (r"Found \d+ module\(s\) in eval mode at the start of training", _PL + r"\.loops\.fit_loop"),
     # CSV logs go straight into the job directory, which always holds .hydra/ already
-    (r"Experiment logs directory .* exists and is not empty", r"lightning_fabric\.loggers\.csv_logs"),
+    (r"Experiment logs directory .* exists and is not empty", _FABRIC + r"\.loggers\.csv_logs"),
     # epoch means are logged by transferlab whatever the interval; only the step loss follows log_every_n_steps
-    (r"The number of training batches \(\d+\) is smaller than the logging interval", r"pytorch_lightning\.loops"),
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", _PL + r"\.loops"),
     # a machine with SLURM's client tools installed, used locally (SLURM jobs run through hydra/launcher=slurm)
-    (r"The `srun` command is available on your system but is not used", r"lightning_fabric\.plugins\.environments"),
+    (r"The `srun` command is available on your system but is not used", _FABRIC + r"\.plugins\.environments"),
 )
 
 

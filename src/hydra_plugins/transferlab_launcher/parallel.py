@@ -55,6 +55,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from transferlab.upstream.hydra_job_return import store_failure, stored_value
 from transferlab.utils.cores import allowed_cores  # torch-free
 
 log = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ class ParallelLauncher(Launcher):
         ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=hydra_cfg, status=JobStatus.FAILED)
         ret.task_name = str(job.config.hydra.job.name)
         ret.working_dir = str(job.job_dir)
-        ret._return_value = JobFailed(reason)
+        store_failure(ret, JobFailed(reason))
         return ret
 
     def _stop(self, running: list[Job]) -> None:
@@ -428,7 +429,7 @@ def _died(code: int | None, console: Path) -> str:
     """Why a job process left no result: the signal or exit status, its own last ``error:`` line, its log."""
     how = (
         f"was killed by {signal.Signals(-code).name}"
-        if code is not None and code < 0 and -code in signal.Signals._value2member_map_
+        if code is not None and code < 0 and -code in {sig.value for sig in signal.Signals}
         else f"exited with status {code}"
     )
     from transferlab.sweeps import last_error_line
@@ -439,5 +440,5 @@ def _died(code: int | None, console: Path) -> str:
 
 
 def _reason(ret: JobReturn) -> str:
-    error = getattr(ret, "_return_value", None)
+    error = stored_value(ret)
     return str(error) if error is not None else "failed"

@@ -80,6 +80,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
         from submitit.core.utils import FailedJobError, UncompletedJobError
         from submitit.slurm.slurm import SlurmJob
 
+        from transferlab.upstream.hydra_job_return import stored_value
+
         logging.getLogger("submitit").setLevel(logging.ERROR)
         watcher = squeue_watcher_class()(delay_s=5)
         SlurmJob.watcher = watcher  # a class attribute: every job of this process polls through it
@@ -101,7 +103,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         for job, overrides, job_dir in zip(jobs, job_overrides, dirs):
             try:
                 ret = job.results()[0]
-                error = getattr(ret, "_return_value", None)  # a job submitit gave up on returns its error
+                error = stored_value(ret)  # a job submitit gave up on returns its error
                 if isinstance(error, failures):
                     raise error
             except failures as err:

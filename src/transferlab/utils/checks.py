@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from transferlab.constants import AUTO_IDLE, CUDA_GRAPH_COMPILE_MODES
+from transferlab.upstream import omegaconf_nodes
 from transferlab.utils.errors import UserError
 
 
@@ -225,12 +226,12 @@ def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
         if OmegaConf.is_missing(node, key):
             yield name, MISSING
             continue
-        child = node._get_node(key)
+        child = omegaconf_nodes.raw_child(node, key)
         if isinstance(child, DictConfig):
-            if not child._is_none():
+            if not omegaconf_nodes.is_none(child):
                 yield from leaves(child, f"{name}.")
         else:
-            yield name, list(child) if isinstance(child, ListConfig) else child._value()
+            yield name, omegaconf_nodes.raw_value(child)
 
 
 def rule_for(key: str) -> Rule | None:
