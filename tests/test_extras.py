@@ -48,6 +48,10 @@ def test_slurm_without_its_extra_is_one_line_before_any_of_its_keys_is_read(
     args = ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}", "seed=0,1"]
     with pytest.raises(UserError, match=SLURM_LINE):
         preflight("train", args)
+    with pytest.raises(
+        UserError, match=r'^hydra/launcher=submitit_local needs submitit\. pip install "transferlab\[slurm'
+    ):
+        preflight("train", ["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path}"])
 
 
 def test_slurm_picked_by_a_config_file_without_its_extra_is_the_same_line(monkeypatch: pytest.MonkeyPatch) -> None:

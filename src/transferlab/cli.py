@@ -21,7 +21,7 @@ from typing import Any
 
 from transferlab.constants import CKPT_PATH_HINT
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
-from transferlab.utils.extras import require_slurm
+from transferlab.utils.extras import SUBMITIT_LAUNCHERS, require_slurm
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
 _HYDRA_FLAG_ARGS = {"-m", "--multirun"}
@@ -199,8 +199,10 @@ def preflight(config_name: str, args: list[str]) -> None:
     register_resolvers()
     multirun = any(arg in _HYDRA_FLAG_ARGS for arg in args)
     overrides = [arg for arg in args if arg not in _HYDRA_FLAG_ARGS]
-    if "hydra/launcher=slurm" in (arg.lstrip("+~") for arg in overrides):
-        require_slurm()  # first: without the extra, its keys (hydra.launcher.partition=…) would not compose
+    for arg in overrides:  # first: without the extra, its keys (hydra.launcher.partition=…) would not compose
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+            require_slurm(value)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for combination in _combinations(overrides, multirun):
@@ -327,8 +329,8 @@ def check_launcher(cfg: Any) -> None:
             if str(err).startswith(prefix):
                 raise UserError(f"hydra.launcher.{key}: {_first_line(err).removeprefix(prefix)}") from None
     choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
-    if choices.get("hydra/launcher") == "slurm":  # also when an experiment config picks it
-        require_slurm()
+    if choices.get("hydra/launcher") in SUBMITIT_LAUNCHERS:  # also when an experiment config picks it
+        require_slurm(choices["hydra/launcher"])
     sweeper = choices.get("hydra/sweeper", "basic")
     if OmegaConf.select(cfg, "hydra.launcher.wait") is False and sweeper != "basic":
         name = "sweep=optuna" if "optuna" in str(sweeper) else f"hydra/sweeper={sweeper}"

@@ -14,6 +14,8 @@ from transferlab.utils.errors import UserError
 
 # The Python modules each extra brings (import name → its pip name in the message).
 SLURM_MODULES = {"submitit": "submitit", "hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher"}
+# The hydra/launcher options that run on submitit: transferlab's and hydra-submitit-launcher's own two.
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_local", "submitit_slurm")
 
 
 def install_command(extra: str) -> str:
@@ -41,6 +43,7 @@ def require(feature: str, extra: str, modules: dict[str, str]) -> None:
         raise UserError(f"{feature} needs {' and '.join(absent)}. {install_command(extra)}")
 
 
-def require_slurm() -> None:
-    """``hydra/launcher=slurm`` runs on submitit through hydra-submitit-launcher: the ``[slurm]`` extra."""
-    require("hydra/launcher=slurm", "slurm", SLURM_MODULES)
+def require_slurm(launcher: str = "slurm") -> None:
+    """``hydra/launcher=slurm`` (and submitit's own launchers) run on submitit through hydra-submitit-launcher:
+    the ``[slurm]`` extra."""
+    require(f"hydra/launcher={launcher}", "slurm", SLURM_MODULES)
