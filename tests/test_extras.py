@@ -99,6 +99,19 @@ def test_without_the_slurm_extra_hydra_starts_quietly_and_slurm_is_one_line(tmp_
     assert not (tmp_path / "multirun").exists()
 
 
+# -- [trackers] ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mlflow", "wandb"])
+def test_a_tracker_without_its_extra_is_one_line_before_torch_loads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    """Said by the preflight, not after the run has loaded torch, Lightning and the data (a minute on 2 cores)."""
+    monkeypatch.setitem(sys.modules, name, None)
+    line = rf"^logger={name} needs the '{name}' package\. Install it: pip install 'transferlab\[trackers\]'$"
+    with pytest.raises(UserError, match=line):
+        preflight("train", [f"logger=[tensorboard,{name}]", f"hydra.run.dir={tmp_path / 'run'}"])
+    preflight("train", ["logger=tensorboard", f"hydra.run.dir={tmp_path / 'run'}"])  # the user install's logger
+
+
 # -- [experiments] ---------------------------------------------------------------------------------------
 def test_own_data_baselines_without_scikit_learn_name_the_experiments_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -21,7 +21,7 @@ from typing import Any
 
 from transferlab.constants import CKPT_PATH_HINT
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
-from transferlab.utils.extras import SUBMITIT_LAUNCHERS, require_slurm
+from transferlab.utils.extras import SUBMITIT_LAUNCHERS, check_loggers, require_slurm
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
 _HYDRA_FLAG_ARGS = {"-m", "--multirun"}
@@ -300,6 +300,7 @@ def _check(cfg: object, multirun: bool) -> None:
     assert isinstance(cfg, DictConfig)
     check_values(cfg)
     check_launcher(cfg)
+    check_loggers(cfg)
     run_dir = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     check_writable(Path(str(run_dir)), "hydra.sweep.dir" if multirun else "hydra.run.dir")
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):

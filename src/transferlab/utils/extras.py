@@ -9,6 +9,7 @@ Imports nothing heavy: the CLI's preflight and the Hydra plugins call it before 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 from transferlab.utils.errors import UserError
 
@@ -16,6 +17,9 @@ from transferlab.utils.errors import UserError
 SLURM_MODULES = {"submitit": "submitit", "hydra_plugins.hydra_submitit_launcher": "hydra-submitit-launcher"}
 # The hydra/launcher options that run on submitit: transferlab's and hydra-submitit-launcher's own two.
 SUBMITIT_LAUNCHERS = ("slurm", "submitit_local", "submitit_slurm")
+# The [trackers] extra: each logger config's builder (its _target_) → the module it needs.
+TRACKERS = {"transferlab.loggers.mlflow_logger": "mlflow", "transferlab.loggers.wandb_logger": "wandb"}
+TRACKERS_INSTALL = "pip install 'transferlab[trackers]'"
 
 
 def install_command(extra: str) -> str:
@@ -41,6 +45,24 @@ def require(feature: str, extra: str, modules: dict[str, str]) -> None:
     absent = missing(modules)
     if absent:
         raise UserError(f"{feature} needs {' and '.join(absent)}. {install_command(extra)}")
+
+
+def require_tracker(module: str, logger_name: str) -> None:
+    """``logger=mlflow`` / ``logger=wandb`` need their tracker's package: the ``[trackers]`` extra."""
+    if missing({module: module}):
+        raise UserError(f"logger={logger_name} needs the '{module}' package. Install it: {TRACKERS_INSTALL}")
+
+
+def check_loggers(cfg: Any) -> None:
+    """Every tracker the composed config logs to is installed: said in the CLI's preflight, seconds before the
+    run would build its loggers (after torch, Lightning and the data have loaded)."""
+    from omegaconf import DictConfig
+
+    loggers = cfg.get("logger")
+    for node in loggers.values() if isinstance(loggers, DictConfig) else ():
+        module = TRACKERS.get(str(node.get("_target_"))) if isinstance(node, DictConfig) else None
+        if module is not None:
+            require_tracker(module, module)
 
 
 def require_slurm(launcher: str = "slurm") -> None:
