@@ -96,8 +96,9 @@ LOGGER_KINDS = {
 def test_logger_configs_instantiate(make_cfg, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    if name in ("mlflow", "wandb"):
-        needs_extra("trackers", name)
+    for kind, module in (("MLFlowLogger", "mlflow"), ("WandbLogger", "wandb")):
+        if kind in LOGGER_KINDS[name]:
+            needs_extra("trackers", module)
     cfg = make_cfg(f"logger={name}")
     loggers = instantiate_named(cfg.get("logger"))
     assert [type(logger).__name__ for logger in loggers] == LOGGER_KINDS[name]
