@@ -35,7 +35,7 @@ def table_rows(markdown: str) -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def tiny_denoiser(tmp_path_factory) -> Path:
     """A 4-layer DnCNN trained for one tiny epoch by ``tl-train experiment=denoising`` (its best.ckpt)."""
-    needs_extra("experiments", "bm3d")  # the table's BM3D column (before the training, which only it needs)
+    needs_extra("experiments", "bm3d", "pywt")  # the table's BM3D and wavelet columns (before the training)
     root = tmp_path_factory.mktemp("denoise")
     result = run_cli(
         "tl-train",

@@ -128,17 +128,31 @@ def test_own_data_baselines_without_scikit_learn_name_the_experiments_extra(
     assert not (tmp_path / "faces").exists()  # refused before anything is written
 
 
-def test_the_own_data_scripts_print_the_missing_extra_as_one_line(tmp_path: Path) -> None:
-    script = ROOT / "experiments" / "own_data" / "make_datasets.py"
-    code = without("sklearn") + f"import runpy\nsys.argv = ['make_datasets.py', {str(tmp_path)!r}]\n"
-    code += f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize(
+    ("script", "args"), [("own_data/make_datasets.py", []), ("small_cnn_transfer/study.py", ["--tiny", "--work"])]
+)
+def test_the_scripts_that_need_scikit_learn_print_the_missing_extra_as_one_line(
+    tmp_path: Path, script: str, args: list[str]
+) -> None:
+    path = ROOT / "experiments" / script
+    argv = [path.name, *args, str(tmp_path / "work")]
+    code = (
+        without("sklearn") + f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({str(path)!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    feature = "experiments/" + script.split("/")[0]
+    assert result.stderr == f'error: {feature} needs scikit-learn. pip install "transferlab[experiments]"\n'
     assert result.returncode == 2
-    assert result.stderr == 'error: experiments/own_data needs scikit-learn. pip install "transferlab[experiments]"\n'
+    assert not (tmp_path / "work").exists()  # refused before anything is written
 
 
-def test_the_bm3d_column_without_bm3d_names_the_experiments_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_denoising_columns_without_their_packages_name_the_experiments_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     compare = experiment("denoising/compare.py")
     monkeypatch.setitem(sys.modules, "bm3d", None)
+    monkeypatch.setitem(sys.modules, "pywt", None)
     with pytest.raises(UserError, match=r'^the BM3D column .* needs bm3d\. pip install "transferlab\[experiments\]"$'):
         compare.bm3d_rgb(None, 25.0)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=r'^the wavelet column .* needs PyWavelets\. pip install "transferlab\[exp'):
+        compare.wavelet(None, 25.0)  # type: ignore[arg-type]

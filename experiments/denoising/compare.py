@@ -91,6 +91,7 @@ def psnr(restored: np.ndarray, clean: np.ndarray) -> float:
 # -- the methods -------------------------------------------------------------------------------------
 def wavelet(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """scikit-image's BayesShrink wavelet denoiser on each RGB channel, told the true sigma."""
+    require("the wavelet column of experiments/denoising", "experiments", {"pywt": "PyWavelets"})
     from skimage.restoration import denoise_wavelet
 
     out = denoise_wavelet(
