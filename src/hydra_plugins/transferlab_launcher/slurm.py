@@ -13,7 +13,9 @@ user needs on top.
   waits forever.
 
 Hydra only loads launcher plugins from the ``hydra_plugins`` namespace, hence this package's place. It
-imports nothing heavy: Hydra imports every plugin module at start-up, ``--help`` included.
+imports nothing heavy: Hydra imports every plugin module at start-up, ``--help`` included. For the same reason
+it loads without the ``[slurm]`` extra (hydra-submitit-launcher, submitit): stand-ins then end a SLURM sweep in
+the one line ``pip install "transferlab[slurm]"``.
 """
 
 import functools
@@ -69,6 +71,7 @@ except ImportError:
     SlurmQueueConf = MissingExtraConf  # type: ignore[misc,assignment]
     SubmititSlurmLauncher = MissingExtraLauncher  # type: ignore[misc,assignment]
     HAVE_SLURM_EXTRA = False
+
 RESOURCE_KEYS = "hydra.launcher.partition (sinfo lists them), cpus_per_task, mem_gb, gpus_per_node, timeout_min"
 
 
