@@ -25,6 +25,7 @@ NOT_CORE = {
     "scikit-learn",
     "sklearn",
     "bm3d",
+    "pywavelets",
     "mlflow",
     "mlflow-skinny",
     "sqlalchemy",
