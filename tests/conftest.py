@@ -43,6 +43,22 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "transferlab"))
 
+# The modules each optional extra brings (pyproject.toml); the test install has them all.
+EXTRA_MODULES = {
+    "slurm": ("submitit", "hydra_plugins.hydra_submitit_launcher"),
+    "optuna": ("optuna",),
+    "trackers": ("mlflow", "wandb"),
+    "export": ("onnx", "onnxruntime"),
+    "experiments": ("sklearn", "bm3d"),
+}
+
+
+def needs_extra(extra: str, *modules: str) -> None:
+    """Skip the calling test, naming the extra to install, when its modules (default: all of the extra's) are
+    missing: a contributor with a partial environment gets skips with the reason, not errors."""
+    for module in modules or EXTRA_MODULES[extra]:
+        pytest.importorskip(module, reason=f'needs the [{extra}] extra: pip install "transferlab[{extra}]"')
+
 
 def preset_overrides(preset: Path) -> list[str]:
     """A config preset's values as command-line overrides (``debug/tiny.yaml`` → ``data.train_size=60``, …)."""

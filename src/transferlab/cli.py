@@ -21,6 +21,7 @@ from typing import Any
 
 from transferlab.constants import CHECKPOINT_DIR, CKPT_PATH_HINT, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
+from transferlab.utils.extras import SUBMITIT_LAUNCHERS, check_loggers, require_slurm
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
 _HYDRA_FLAG_ARGS = {"-m", "--multirun"}
@@ -212,6 +213,10 @@ def preflight(config_name: str, args: list[str]) -> None:
     register_resolvers()
     multirun = any(arg in _HYDRA_FLAG_ARGS for arg in args)
     overrides = [arg for arg in args if arg not in _HYDRA_FLAG_ARGS]
+    for arg in overrides:  # first: without the extra, its keys (hydra.launcher.partition=…) would not compose
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+            require_slurm(value)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for combination in _combinations(overrides, multirun):
@@ -341,6 +346,7 @@ def _check(cfg: object, multirun: bool) -> None:
     assert isinstance(cfg, DictConfig)
     check_values(cfg)
     check_launcher(cfg)
+    check_loggers(cfg)
     run_dir = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     check_writable(Path(str(run_dir)), "hydra.sweep.dir" if multirun else "hydra.run.dir")
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
@@ -377,8 +383,10 @@ def check_launcher(cfg: Any) -> None:
             prefix = "ValueError raised while resolving interpolation: "  # a transferlab resolver's own message
             if str(err).startswith(prefix):
                 raise UserError(f"hydra.launcher.{key}: {_first_line(err).removeprefix(prefix)}") from None
-    sweeper = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
-    sweeper = sweeper.get("hydra/sweeper", "basic")
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    if choices.get("hydra/launcher") in SUBMITIT_LAUNCHERS:  # also when an experiment config picks it
+        require_slurm(choices["hydra/launcher"])
+    sweeper = choices.get("hydra/sweeper", "basic")
     if OmegaConf.select(cfg, "hydra.launcher.wait") is False and sweeper != "basic":
         name = "sweep=optuna" if "optuna" in str(sweeper) else f"hydra/sweeper={sweeper}"
         raise UserError(

@@ -18,7 +18,6 @@ reaches the network or waits for a prompt by surprise; a sweep's W&B runs share 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import netrc
 import os
@@ -37,9 +36,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab.upstream.lightning import module_name
 from transferlab.utils import resolvers
-from transferlab.utils.errors import UserError
+from transferlab.utils.extras import require_tracker
 
-TRACKERS_INSTALL = "pip install 'transferlab[trackers]'"
 RUN_DIR_TAG = "transferlab.run_dir"  # MLflow tag: where the run's checkpoints and metrics.json are
 SWEEP_TAG = "transferlab.sweep"  # MLflow tag: the sweep a job belongs to (W&B: the run's group)
 STOPPED = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # exit statuses of a run stopped from outside
@@ -244,10 +242,7 @@ def finishing(loggers: list[Logger]) -> Iterator[None]:
 
 # -- builders for the optional trackers (the configs' _target_s) ---------------------------------
 def _require(module: str, logger_name: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as err:
-        raise UserError(f"logger={logger_name} needs the '{module}' package. Install it: {TRACKERS_INSTALL}") from err
+    require_tracker(module, logger_name)  # the preflight said it first; this covers configs built in Python
 
 
 @contextlib.contextmanager
