@@ -21,6 +21,8 @@ def test_api_job_leaves_what_the_command_leaves(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRANSFERLAB_ROOT", str(tmp_path))
+    # An in-process tl-train earlier in the session (Hydra's own main) leaves its HydraConfig set; start clean.
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     overrides = ["debug=tiny", "logger=none"]
     result = transferlab.train([*overrides, "+hydra.job.env_set.TL_API_PROBE=set"])
     run_dir = result["run_dir"]
