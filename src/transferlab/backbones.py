@@ -78,7 +78,7 @@ class InputNormalize(nn.Module):
         if not valid or set(input_norm) != {"mean", "std"} or min(std) <= 0:  # type: ignore[arg-type]
             raise UserError(
                 f"model.input_norm must be {{mean: [r, g, b], std: [r, g, b]}} with std > 0 (the [0, 1] scale), "
-                f"got {input_norm}. Use null for ImageNet's"
+                f"got {input_norm}. Use null for what the weights expect"
             )
         return cls(scale, mean, std)  # type: ignore[arg-type]
 
