@@ -162,6 +162,14 @@ def test_timm_preprocessing_lands_in_checkpoint_and_is_used_by_predict(
     if mean == HALF:  # the same file under ImageNet's statistics would be predicted otherwise
         assert float(row["prob_1"]) != pytest.approx(top1(IMAGENET_MEAN, IMAGENET_STD), abs=1e-4)
 
+    # an ONNX export carries the record: tl-predict on it prepares the file exactly as from the checkpoint
+    pytest.importorskip("onnxruntime")
+    from transferlab.export import run as export
+    from transferlab.exported import OnnxModel
+
+    onnx = export(make_cfg(f"ckpt_path={ckpt}", "format=onnx", name="export", out="export"))
+    torch.testing.assert_close(OnnxModel.open(onnx).file_transform()(image), prepared[0].mul(255).to(torch.uint8))
+
     # a run transferring from this checkpoint expects what it recorded
     inherited = expected_preprocessing(name, str(ckpt), None)
     assert inherited.mean == pytest.approx(mean) and "recorded in best.ckpt" in inherited.source
