@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import transferlab  # noqa: F401  first: it picks the Lightning package (transferlab.upstream.lightning)
+
+# isort: split
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -39,6 +42,22 @@ settings.register_profile(
     "mutation", parent=settings.get_profile("transferlab"), phases=[Phase.explicit, Phase.generate]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "transferlab"))
+
+# The modules each optional extra brings (pyproject.toml); the test install has them all.
+EXTRA_MODULES = {
+    "slurm": ("submitit", "hydra_plugins.hydra_submitit_launcher"),
+    "optuna": ("optuna",),
+    "trackers": ("mlflow", "wandb"),
+    "export": ("onnx", "onnxruntime"),
+    "experiments": ("sklearn", "bm3d"),
+}
+
+
+def needs_extra(extra: str, *modules: str) -> None:
+    """Skip the calling test, naming the extra to install, when its modules (default: all of the extra's) are
+    missing: a contributor with a partial environment gets skips with the reason, not errors."""
+    for module in modules or EXTRA_MODULES[extra]:
+        pytest.importorskip(module, reason=f'needs the [{extra}] extra: pip install "transferlab[{extra}]"')
 
 
 def preset_overrides(preset: Path) -> list[str]:

@@ -19,7 +19,7 @@ import transferlab.nets
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 LAYERS = [  # bottom to top, as the page draws them
-    {"constants", "utils"},
+    {"constants", "utils", "upstream"},  # upstream: private APIs of dependencies, imports nothing of ours
     {"nets", "inference", "backbones", "losses", "finetune", "optim", "data", "callbacks", "loggers", "curves"}
     | {"sweeps"},
     {"tasks"},

@@ -41,6 +41,9 @@ def test_train_writes_run_directory_under_outputs(trained: Path) -> None:
     assert summary["monitor"]["metric"] == "val/acc" and summary["monitor"]["best"] is not None
     assert {"test/acc", "test/acc_top5", "val/acc", "test/acc_class/star"} <= set(summary["metrics"])
     assert summary["epochs"] == 2 and summary["overrides"][:2] == TINY[:2]
+    sources = {"cpu_threads", "OMP_NUM_THREADS", "affinity", "cgroup quota", "SLURM_CPUS_PER_TASK"}
+    assert summary["cpu"]["threads"] >= 1 and summary["cpu"]["source"] in sources
+    assert summary["cpu"]["loader_workers"] == 0, "debug=tiny says data.num_workers=0"
 
 
 def test_eval_reproduces_the_training_test_metric(trained: Path) -> None:
@@ -51,7 +54,9 @@ def test_eval_reproduces_the_training_test_metric(trained: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     eval_dir = run_dir(result.stdout)
     assert eval_dir.parent.parent.name == "eval"
-    metrics = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+    summary = json.loads((eval_dir / "metrics.json").read_text())
+    metrics = summary["metrics"]
+    assert summary["cpu"]["threads"] >= 1 and summary["cpu"]["loader_workers"] >= 0, "tl-eval records its CPU use too"
     for name in ("test/acc", "test/loss", "test/acc_top5"):
         assert abs(metrics[name] - train_metrics[name]) <= 1e-4, name
 
@@ -62,6 +67,18 @@ def test_checkpoint_loads_with_weights_only(trained: Path) -> None:
     checkpoint = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["backbone"]["name"] == "mobilenet_v3_small"
     assert checkpoint["transferlab"]["config"]["data"]["_target_"].startswith("transferlab.")
+
+
+def test_continuing_a_finished_run_is_one_line_with_exit_2(trained: Path) -> None:
+    last, best = trained / "checkpoints" / "last.ckpt", trained / "checkpoints" / "best.ckpt"
+    result = run_cli("tl-train", *TINY, f"ckpt_path={last}", cwd=trained.parents[3])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip() == (
+        f"error: {trained} finished cleanly and its last.ckpt (the only checkpoint with optimizer state) was "
+        "deleted then, so training cannot continue from it. To fine-tune from it now (its backbone, a new head): "
+        f"model.backbone.weights={best} without ckpt_path; to be able to resume a finished run next time: "
+        "callbacks.model_checkpoint.keep_last=true"
+    )
 
 
 def test_missing_dataset_is_one_line_with_exit_2(tmp_path: Path) -> None:

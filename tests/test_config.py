@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import TINY_PHOTOS
+from conftest import TINY_PHOTOS, needs_extra
 from test_data import write_cifar
 from transferlab.runner import instantiate_named
 from transferlab.utils.config import config_dir
@@ -96,6 +96,9 @@ LOGGER_KINDS = {
 def test_logger_configs_instantiate(make_cfg, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
+    for kind, module in (("MLFlowLogger", "mlflow"), ("WandbLogger", "wandb")):
+        if kind in LOGGER_KINDS[name]:
+            needs_extra("trackers", module)
     cfg = make_cfg(f"logger={name}")
     loggers = instantiate_named(cfg.get("logger"))
     assert [type(logger).__name__ for logger in loggers] == LOGGER_KINDS[name]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_PHOTOS, make_data, run_cli
+from conftest import TINY_PHOTOS, make_data, needs_extra, run_cli
 from transferlab.data.photos import PhotoDataModule
 
 COMPARE = Path(__file__).resolve().parents[1] / "experiments" / "denoising" / "compare.py"
@@ -35,6 +35,7 @@ def table_rows(markdown: str) -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def tiny_denoiser(tmp_path_factory) -> Path:
     """A 4-layer DnCNN trained for one tiny epoch by ``tl-train experiment=denoising`` (its best.ckpt)."""
+    needs_extra("experiments", "bm3d", "pywt")  # the table's BM3D and wavelet columns (before the training)
     root = tmp_path_factory.mktemp("denoise")
     result = run_cli(
         "tl-train",

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_extra
+
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "own_data" / "study.py"
 
 
 @pytest.mark.slow
 def test_own_data_study_regenerates_its_table(tmp_path: Path) -> None:
+    needs_extra("experiments", "sklearn")
     out = tmp_path / "results.md"
     result = subprocess.run(
         [sys.executable, str(STUDY), "--tiny", "--work", str(tmp_path / "work"), "--out", str(out)],

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import needs_extra
 from test_data import write_cifar
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "small_cnn_transfer" / "study.py"
@@ -58,6 +59,7 @@ def weights(run: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_embedded_study_trains_sources_then_compares_scratch_and_transfer(tmp_path: Path) -> None:
+    needs_extra("experiments", "sklearn")  # the target: scikit-learn's digits
     work, out = run_study(tmp_path)
     assert [row["model.backbone.name"] for row in table(out / "sources.md")] == ["resnet18", "small_cnn"]
     assert "data=shapes" in (out / "sources.md").read_text()  # source: the embedded shapes; target: the digits

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, needs_extra, run_cli
 from test_predict import write_photo
 from transferlab.export import ATOL, EXAMPLE_SIZE, RTOL, exported_bytes, load_torchscript
 from transferlab.export import run as export_run
@@ -25,6 +24,9 @@ from transferlab.exported import OnnxModel
 from transferlab.inference import IMAGE_AXES, OUTPUT_IMAGE, ExportSpec
 from transferlab.trust import open_checkpoint
 from transferlab.utils.errors import UserError
+
+needs_extra("export")  # every test here exports to ONNX or reads an ONNX file: all skip without the extra
+import onnxruntime as ort  # noqa: E402
 
 MODELS = ["classify", "denoise", "upscale", "inpaint", "stylize", "adain"]
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}

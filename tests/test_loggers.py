@@ -17,7 +17,7 @@ from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from conftest import TINY, run_cli
+from conftest import TINY, needs_extra, run_cli
 from transferlab.loggers import (
     STOPPED,
     LoggerAdapter,
@@ -63,7 +63,9 @@ def assert_console_is_transferlab_only(output: str) -> None:
 
 @pytest.fixture
 def no_tracker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No W&B login, no tracker settings from the environment; W&B's caches under tmp_path."""
+    """No W&B login, no tracker settings from the environment; W&B's caches under tmp_path. Every test that runs
+    a tracker takes this fixture: without the [trackers] extra it skips them, saying so."""
+    needs_extra("trackers")
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))

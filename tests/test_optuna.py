@@ -27,7 +27,9 @@ from transferlab.sweeps import EXIT_JOBS_FAILED
 from transferlab.utils.errors import UserError
 from transferlab.utils.optuna_storage import open_storage
 
-optuna = pytest.importorskip("optuna", minversion="4")
+optuna = pytest.importorskip(
+    "optuna", minversion="4", reason='needs the [optuna] extra: pip install "transferlab[optuna]"'
+)
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import needs_extra, run_cli
 from transferlab.constants import FAILED_FILE, METRICS_FILE
 from transferlab.sweeps import EXIT_JOBS_FAILED, read_failure
 
@@ -153,6 +153,7 @@ def test_a_failed_and_a_killed_job_leave_the_others_finished(tmp_path: Path) -> 
 
 
 def test_optuna_gets_each_jobs_value_back(tmp_path: Path) -> None:
+    needs_extra("optuna")
     result = run_fake(
         tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=null",
         CUDA_VISIBLE_DEVICES="", FAKE_RETURN_LR="1", FAKE_SLEEP="0",

@@ -19,7 +19,7 @@ import torch
 import yaml
 from omegaconf import DictConfig
 
-from conftest import KEEP_LAST, kill_when, make_data, run_cli, start_cli, wait_for
+from conftest import KEEP_LAST, kill_when, make_data, needs_extra, run_cli, start_cli, wait_for
 from transferlab.data.shapes import ShapesDataModule
 from transferlab.report import report
 from transferlab.runner import build_trainer
@@ -352,6 +352,7 @@ def test_report_plot_of_seeds_draws_curves_only(seeds: Path, tmp_path: Path) -> 
 # -- Optuna and submitit ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
+    needs_extra("optuna")
     sweep_dir = tmp_path / "optuna"
     args = ["-m", "sweep=optuna", "debug=tiny", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}"]
     args.append("hydra.sweeper.pruner=null")  # pruning off: every trial runs to its end
@@ -399,7 +400,7 @@ PRUNING = [
 
 @pytest.mark.slow
 def test_optuna_prunes_trials_clearly_worse_than_the_others(tmp_path: Path) -> None:
-    import optuna
+    optuna = pytest.importorskip("optuna", reason='needs the [optuna] extra: pip install "transferlab[optuna]"')
 
     sweep_dir = tmp_path / "pruning"
     result = run_cli("tl-train", *PRUNING, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
@@ -446,6 +447,7 @@ def test_optuna_prunes_trials_clearly_worse_than_the_others(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_the_job(tmp_path: Path) -> None:
+    needs_extra("slurm")
     sweep_dir = tmp_path / "submitit"
     args = ["-m", "hydra/launcher=submitit_local", "debug=tiny", "seed=3", f"hydra.sweep.dir={sweep_dir}"]
     result = run_cli("tl-train", *args, cwd=tmp_path)

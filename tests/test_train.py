@@ -153,7 +153,7 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_refused(make_cfg) -> None:
         run(other)
     assert not (Path(other.paths.output_dir) / "metrics.json").exists()
     weights_only = make_cfg(f"ckpt_path={best}", "trainer.max_epochs=2", out="weights_only")
-    with pytest.raises(UserError, match=r"best.ckpt holds weights only .* Resume from the run's last.ckpt, or start"):
+    with pytest.raises(UserError, match=r"best.ckpt holds weights only \(no optimizer state\), so training cannot"):
         run(weights_only)
     last = best.with_name("last.ckpt")
     same = make_cfg(f"ckpt_path={last}", "trainer.max_epochs=2", out="same")  # the same model resumes
@@ -213,3 +213,73 @@ def test_a_finished_run_lists_no_non_finite_metrics(make_cfg) -> None:
     run(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert summary["non_finite_metrics"] == {} and "test/loss" in summary["metrics"]
+
+
+FINE_TUNE_OR_KEEP_LAST = (
+    "To fine-tune from it now (its backbone, a new head): model.backbone.weights={best} without ckpt_path; "
+    "to be able to resume a finished run next time: callbacks.model_checkpoint.keep_last=true"
+)
+
+
+def test_continuing_a_finished_run_says_how_to_fine_tune_and_how_to_keep_last(make_cfg) -> None:
+    """best.ckpt holds weights only and a clean end deletes last.ckpt: every way of asking to continue such a
+    run ends in one line that names the override that does work now, and the one for next time."""
+    brief = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false")
+    first = make_cfg(*brief, out="first")
+    run(first)
+    out = Path(first.paths.output_dir)
+    best = out / "checkpoints" / "best.ckpt"
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+    advice = FINE_TUNE_OR_KEEP_LAST.format(best=best)
+    weights_only = f"{best} holds weights only (no optimizer state), so training cannot continue from it. {advice}"
+    finished = (
+        f"{out} finished cleanly and its last.ckpt (the only checkpoint with optimizer state) was deleted then, "
+        f"so training cannot continue from it. {advice}"
+    )
+    cases = {
+        f"ckpt_path={best}": weights_only,
+        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}": finished,
+        f"ckpt_path={out}": finished,
+    }
+    for override, message in cases.items():
+        with pytest.raises(UserError) as raised:
+            run(make_cfg(*brief, override, out="again"))
+        assert str(raised.value) == message, override
+    with pytest.raises(UserError) as raised:  # ckpt_path=last, re-run into the finished run's own directory
+        run(make_cfg(*brief, "ckpt_path=last", out="first"))
+    assert str(raised.value) == finished
+    assert not (Path(first.paths.output_dir).parent / "again" / "metrics.json").exists()
+
+
+def test_the_advised_fine_tune_loads_the_best_backbone(make_cfg) -> None:
+    """What the error advises is true: ``model.backbone.weights=<best.ckpt>`` starts a run from its backbone."""
+    import torch
+
+    from transferlab.runner import build
+
+    brief = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false")
+    first = make_cfg(*brief, out="first")
+    run(first)
+    best = Path(first.paths.output_dir) / "checkpoints" / "best.ckpt"
+    tuned = make_cfg(*brief, f"model.backbone.weights={best}", out="tuned")
+    datamodule = build(tuned.data, "data")
+    model = build(tuned.model, "model", **datamodule.task_args())
+    stored = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    backbone = {k: v for k, v in stored.items() if k.startswith("backbone.")}
+    assert backbone and all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
+    run(tuned)
+    assert json.loads((Path(tuned.paths.output_dir) / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_a_weights_only_checkpoint_without_backbone_points_to_eval(make_cfg, checkpoints) -> None:
+    """A denoiser has no backbone to load by path: the error offers what does work with its weights."""
+    from conftest import TINY_MODELS
+
+    best = checkpoints["denoise"]
+    with pytest.raises(UserError) as raised:
+        run(make_cfg(*TINY_MODELS["denoise"], f"ckpt_path={best}", "trainer.max_epochs=2", tiny=False))
+    assert str(raised.value) == (
+        f"{best} holds weights only (no optimizer state), so training cannot continue from it. Its weights still "
+        f"serve tl-eval and tl-predict: ckpt_path={best}; to be able to resume a finished run next time: "
+        "callbacks.model_checkpoint.keep_last=true"
+    )

@@ -28,6 +28,7 @@ from PIL import Image
 
 from transferlab.trust import open_checkpoint
 from transferlab.utils.errors import UserError, report_user_errors
+from transferlab.utils.extras import require
 from transferlab.utils.io import atomic_file
 
 PHOTOS_TARGET = "transferlab.data.photos.PhotoDataModule"
@@ -90,6 +91,7 @@ def psnr(restored: np.ndarray, clean: np.ndarray) -> float:
 # -- the methods -------------------------------------------------------------------------------------
 def wavelet(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """scikit-image's BayesShrink wavelet denoiser on each RGB channel, told the true sigma."""
+    require("the wavelet column of experiments/denoising", "experiments", {"pywt": "PyWavelets"})
     from skimage.restoration import denoise_wavelet
 
     out = denoise_wavelet(
@@ -100,10 +102,9 @@ def wavelet(noisy: np.ndarray, sigma: float) -> np.ndarray:
 
 def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """CBM3D (the `bm3d` package's defaults: opponent colour space, 'np' profile), told the true sigma."""
-    try:
-        import bm3d
-    except ImportError as err:
-        raise UserError("the BM3D column needs the bm3d package: pip install bm3d") from err
+    require("the BM3D column of experiments/denoising", "experiments", {"bm3d": "bm3d"})
+    import bm3d
+
     return to_uint8(bm3d.bm3d_rgb(noisy / 255.0, sigma_psd=sigma / 255.0))
 
 

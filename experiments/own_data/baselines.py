@@ -19,6 +19,10 @@ from torchvision.datasets import ImageFolder
 
 from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
 from transferlab.data.images import decode_rgb as load_rgb
+from transferlab.utils.errors import report_user_errors
+from transferlab.utils.extras import require
+
+SKLEARN = {"sklearn": "scikit-learn"}  # the [experiments] extra (import name → pip name)
 
 
 def read_split(root: Path, split: str) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -51,6 +55,7 @@ def imagenet_features(images: list[torch.Tensor], size: int) -> np.ndarray:
 
 
 def scores(root: Path, size: int) -> dict[str, float]:
+    require("experiments/own_data baselines", "experiments", SKLEARN)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -68,6 +73,7 @@ def scores(root: Path, size: int) -> dict[str, float]:
     return results
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path)

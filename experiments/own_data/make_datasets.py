@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from transferlab.utils.errors import report_user_errors
+from transferlab.utils.extras import require
+
+SKLEARN = {"sklearn": "scikit-learn"}  # the [experiments] extra (import name → pip name)
 TEST_FRACTION = 0.25
 SEED = 0
 
@@ -51,6 +55,7 @@ def split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def write(name: str, out: Path, per_class: int | None = None) -> Path:
     """Write dataset `name` under ``out/name``; `per_class` keeps only that many images per class and split."""
+    require("experiments/own_data", "experiments", SKLEARN)  # the digits and every split come from scikit-learn
     images, labels, classes = DATASETS[name]()
     root = out / name
     shutil.rmtree(root, ignore_errors=True)  # a rewrite never mixes with an earlier, differently sized one
@@ -64,6 +69,7 @@ def write(name: str, out: Path, per_class: int | None = None) -> Path:
     return root
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the datasets into")

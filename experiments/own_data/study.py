@@ -26,6 +26,8 @@ import baselines  # noqa: E402
 import make_datasets  # noqa: E402
 
 from transferlab.data.imagefolder import auto_image_size  # noqa: E402
+from transferlab.utils.errors import report_user_errors  # noqa: E402
+from transferlab.utils.extras import require  # noqa: E402
 from transferlab.utils.io import atomic_file  # noqa: E402
 
 TINY = ["trainer.max_epochs=1", "data.batch_size=8", "data.num_workers=0", "trainer.enable_progress_bar=false"]
@@ -42,12 +44,14 @@ def train(root: Path, run_dir: Path, tiny: bool) -> tuple[dict, float]:
     return json.loads((run_dir / "metrics.json").read_text()), time.perf_counter() - started
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("outputs/own_data"), help="datasets and runs go here")
     parser.add_argument("--out", type=Path, default=HERE / "results.md", help="the table (markdown)")
     parser.add_argument("--tiny", action="store_true", help="6 images per class, 1 epoch: a smoke test")
     args = parser.parse_args()
+    require("experiments/own_data", "experiments", baselines.SKLEARN)  # before any dataset is written
 
     rows = []
     for name in sorted(make_datasets.DATASETS):

@@ -23,6 +23,9 @@ sys.path.insert(0, str(HERE.parent / "own_data"))
 
 import make_datasets  # noqa: E402
 
+from transferlab.utils.errors import report_user_errors  # noqa: E402
+from transferlab.utils.extras import require  # noqa: E402
+
 NETWORKS = ("small_cnn", "resnet18")
 COMMON = ["trainer.enable_progress_bar=false"]
 # seconds, not minutes: one seed, 2 steps, 1 epoch; the jobs and tables are the real ones
@@ -62,6 +65,7 @@ def data_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return SHAPES, [*DIGITS, root]
 
 
+@report_user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("outputs/small_cnn_transfer"), help="runs go here")
@@ -70,6 +74,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="1 seed, 2 steps: a smoke test of the whole pipeline")
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     args = parser.parse_args()
+    if args.full is None:  # embedded mode: the target is scikit-learn's digits
+        require("experiments/small_cnn_transfer", "experiments", make_datasets.SKLEARN)
     if (args.work / "sources").exists() or (args.work / "target").exists():
         raise SystemExit(f"error: {args.work} holds an earlier study. Remove it or pass another --work")
     args.work.mkdir(parents=True, exist_ok=True)

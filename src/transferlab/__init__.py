@@ -1,6 +1,14 @@
 """transferlab: transfer-learning experiments in computer vision on Lightning + Hydra."""
 
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
+
+from transferlab.upstream.lightning import LightningChoiceError, select
+
+# pytorch_lightning or the unified lightning package, before anything imports either; a wrong choice is
+# reported by a command's preflight, in one line (`transferlab.cli.preflight`)
+with contextlib.suppress(LightningChoiceError):
+    select()
 
 try:
     __version__ = version("transferlab")

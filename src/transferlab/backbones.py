@@ -42,6 +42,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from transferlab.constants import DEFAULT_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from transferlab.nets.small_cnn import SmallCNN
+from transferlab.upstream.torch_buffers import persistent_buffer_names
 from transferlab.utils.errors import UserError, closest
 
 CHECKPOINT_SUFFIXES = (".ckpt",)
@@ -321,7 +322,7 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Lo
 def _own_state(module: nn.Module) -> list[str]:
     """Names of the parameters and persistent buffers `module` holds itself (not its children's)."""
     params = [n for n, _ in module.named_parameters(recurse=False)]
-    buffers = [n for n, _ in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
+    buffers = persistent_buffer_names(module)
     return params + buffers
 
 

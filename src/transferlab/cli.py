@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from transferlab.constants import CKPT_PATH_HINT
+from transferlab.constants import CHECKPOINT_DIR, CKPT_PATH_HINT, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.utils.errors import EXIT_USER_ERROR, UserError, closest, report_user_errors
+from transferlab.utils.extras import SUBMITIT_LAUNCHERS, check_loggers, require_slurm
 
 MAX_COMPOSITIONS = 32  # a sweep is checked value by value (each swept key's values with the others' first)
 _HYDRA_FLAG_ARGS = {"-m", "--multirun"}
@@ -93,6 +94,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
 
         @functools.wraps(main)
         def launched(*args: Any, **kwargs: Any) -> Any:  # the command runs: a failed write is one line from here on
+            report_user_errors(check_lightning_choice)()  # `python -m transferlab.train` has no preflight
             write_hydra_files_atomically()
             quiet_failed_writer_threads()
             return main(*args, **kwargs)
@@ -102,17 +104,27 @@ def hydra_app(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[],
     return wrap
 
 
+def check_lightning_choice() -> None:
+    """Raise `UserError` for a ``TRANSFERLAB_LIGHTNING`` naming no installed package (see `upstream.lightning`)."""
+    from transferlab.upstream.lightning import LightningChoiceError, select
+
+    try:
+        select()
+    except LightningChoiceError as err:
+        raise UserError(str(err)) from None
+
+
 def write_hydra_files_atomically() -> None:
     """Make Hydra write a job's ``.hydra/*.yaml`` through `utils.io.write_bytes_atomic`.
 
     Hydra opens them with a plain ``open()`` before the job runs (outside `report_user_errors`): on a full disk it
     leaves an empty ``config.yaml`` and ends in a traceback. Through the atomic writer a failure leaves no file and
-    is the one ``error:`` line (exit 2). Hydra 1.3 looks the function up in its module at each job, so replacing it
-    there is enough (tested by tests/test_disk_full.py).
+    is the one ``error:`` line (exit 2). See `transferlab.upstream.hydra_save_config` (tested by
+    tests/test_disk_full.py).
     """
-    import hydra.core.utils as hydra_utils
     from omegaconf import OmegaConf
 
+    from transferlab.upstream import hydra_save_config
     from transferlab.utils.io import write_bytes_atomic
 
     def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
@@ -122,7 +134,7 @@ def write_hydra_files_atomically() -> None:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
-    hydra_utils._save_config = save_config
+    hydra_save_config.install(save_config)
 
 
 def quiet_failed_writer_threads() -> None:
@@ -185,9 +197,12 @@ def _module_name(fn: Callable[..., Any]) -> str:
 def preflight(config_name: str, args: list[str]) -> None:
     """Compose the config of `args` as the run will and raise `UserError` for anything wrong in it.
 
-    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra.
+    Hydra's own options (``--help``, ``--cfg``, ``--info``, ``-c``, …) are left to Hydra. ``--config-dir``
+    (``-cd``), a folder of the user's configs beside transferlab's, is checked too: it joins the search path.
     """
-    if any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
+    check_lightning_choice()
+    args = _config_dir_as_searchpath(args)
+    if args is None or any(arg.startswith("-") and arg not in _HYDRA_FLAG_ARGS for arg in args):
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -198,6 +213,10 @@ def preflight(config_name: str, args: list[str]) -> None:
     register_resolvers()
     multirun = any(arg in _HYDRA_FLAG_ARGS for arg in args)
     overrides = [arg for arg in args if arg not in _HYDRA_FLAG_ARGS]
+    for arg in overrides:  # first: without the extra, its keys (hydra.launcher.partition=…) would not compose
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in SUBMITIT_LAUNCHERS:
+            require_slurm(value)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for combination in _combinations(overrides, multirun):
@@ -207,6 +226,38 @@ def preflight(config_name: str, args: list[str]) -> None:
                 raise _composition_error(err, config_name, combination) from None
             _check(cfg, multirun)
     GlobalHydra.instance().clear()
+
+
+def _config_dir_as_searchpath(args: list[str]) -> list[str] | None:
+    """`args` with ``--config-dir DIR`` (``-cd``) written as the override Hydra applies for it, ``hydra.searchpath``.
+
+    An installed transferlab's own configs stay the primary config; the user's folder adds options
+    (``data/mydata.yaml`` → ``data=mydata``). None when it cannot be written so (a ``hydra.searchpath`` override
+    is given too): Hydra then composes it alone, as before.
+    """
+    dirs: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            if not eq:
+                index += 1
+                value = args[index] if index < len(args) else ""
+            dirs.append(value)
+        else:
+            rest.append(arg)
+        index += 1
+    if not dirs:
+        return args
+    if any(arg.split("=", 1)[0] == "hydra.searchpath" for arg in rest):
+        return None
+    for folder in dirs:
+        if not Path(folder).expanduser().is_dir():
+            raise UserError(f"--config-dir {folder} is not a folder. Pass the folder that holds your config groups")
+    paths = ",".join(f"'file://{Path(folder).expanduser().absolute()}'" for folder in dirs)
+    return [*rest, f"hydra.searchpath=[{paths}]"]
 
 
 def _combinations(overrides: list[str], multirun: bool) -> Iterator[list[str]]:
@@ -295,13 +346,22 @@ def _check(cfg: object, multirun: bool) -> None:
     assert isinstance(cfg, DictConfig)
     check_values(cfg)
     check_launcher(cfg)
+    check_loggers(cfg)
     run_dir = OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     check_writable(Path(str(run_dir)), "hydra.sweep.dir" if multirun else "hydra.run.dir")
     for key, what in (("ckpt_path", "checkpoint"), ("input", "input"), ("mask", "mask image")):
         value = cfg.get(key)
         if isinstance(value, str) and value not in ("???", "last") and not Path(value).expanduser().exists():
+            if key == "ckpt_path" and cfg.get("train") and deleted_at_clean_end(Path(value).expanduser()):
+                continue  # tl-train says what can be done instead (transferlab.train.refuse_missing_last)
             fix = CKPT_PATH_HINT if key == "ckpt_path" else f"Check {key}=…"
             raise UserError(f"{what} {Path(value)} does not exist. {fix}")
+
+
+def deleted_at_clean_end(path: Path) -> bool:
+    """Whether `path` is the last.ckpt of a run that finished cleanly (it wrote metrics.json), which deleted it."""
+    finished = (path.parent.parent / METRICS_FILE).is_file()
+    return path.name == LAST_CHECKPOINT and path.parent.name == CHECKPOINT_DIR and not path.exists() and finished
 
 
 def check_launcher(cfg: Any) -> None:
@@ -323,8 +383,10 @@ def check_launcher(cfg: Any) -> None:
             prefix = "ValueError raised while resolving interpolation: "  # a transferlab resolver's own message
             if str(err).startswith(prefix):
                 raise UserError(f"hydra.launcher.{key}: {_first_line(err).removeprefix(prefix)}") from None
-    sweeper = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
-    sweeper = sweeper.get("hydra/sweeper", "basic")
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    if choices.get("hydra/launcher") in SUBMITIT_LAUNCHERS:  # also when an experiment config picks it
+        require_slurm(choices["hydra/launcher"])
+    sweeper = choices.get("hydra/sweeper", "basic")
     if OmegaConf.select(cfg, "hydra.launcher.wait") is False and sweeper != "basic":
         name = "sweep=optuna" if "optuna" in str(sweeper) else f"hydra/sweeper={sweeper}"
         raise UserError(

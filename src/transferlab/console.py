@@ -24,18 +24,26 @@ import torch
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
+from transferlab.upstream.lightning import module_name
+
 # Loggers whose INFO lines are Lightning's chatter (GPU/TPU banners, seed, tips, checkpoint restore notes).
-_CHATTY_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed", "lightning_fabric")
+# Named as the running Lightning package names them (transferlab.upstream.lightning: standalone or unified).
+_CHATTY_LOGGERS = tuple(
+    module_name(name)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed", "lightning_fabric")
+)
+_PL = r"(?:pytorch_lightning|lightning\.pytorch)"  # a warning's module, under either package
+_FABRIC = r"(?:lightning_fabric|lightning\.fabric)"
 # (message regex, module regex) of warnings that transferlab's own use of its libraries provokes.
 _PROVOKED_WARNINGS = (
-    (r".*isinstance\(treespec, LeafSpec\)", r"pytorch_lightning\.utilities\._pytree"),  # Lightning vs torch 2.10+
-    (r"Found \d+ module\(s\) in eval mode at the start of training", r"pytorch_lightning\.loops\.fit_loop"),
+    (r".*isinstance\(treespec, LeafSpec\)", _PL + r"\.utilities\._pytree"),  # Lightning vs torch 2.10+
+    (r"Found \d+ module\(s\) in eval mode at the start of training", _PL + r"\.loops\.fit_loop"),
     # CSV logs go straight into the job directory, which always holds .hydra/ already
-    (r"Experiment logs directory .* exists and is not empty", r"lightning_fabric\.loggers\.csv_logs"),
+    (r"Experiment logs directory .* exists and is not empty", _FABRIC + r"\.loggers\.csv_logs"),
     # epoch means are logged by transferlab whatever the interval; only the step loss follows log_every_n_steps
-    (r"The number of training batches \(\d+\) is smaller than the logging interval", r"pytorch_lightning\.loops"),
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", _PL + r"\.loops"),
     # a machine with SLURM's client tools installed, used locally (SLURM jobs run through hydra/launcher=slurm)
-    (r"The `srun` command is available on your system but is not used", r"lightning_fabric\.plugins\.environments"),
+    (r"The `srun` command is available on your system but is not used", _FABRIC + r"\.plugins\.environments"),
 )
 
 
@@ -65,8 +73,9 @@ def quiet(verbose: bool) -> Iterator[None]:
         yield
 
 
-def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:
-    """One line: task, model, data, device, and where the outputs go."""
+def header(cfg: Any, trainer: pl.Trainer, run_dir: Any, cpu: dict[str, Any] | None = None) -> str:
+    """One line: task, model, data, device, and where the outputs go; on a CPU the threads and loader workers
+    (`cpu`: `transferlab.utils.threads.cpu_record`) and where their count came from."""
     task = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("Task")
     backbone = cfg.model.get("backbone")
     net = cfg.model.get("net")
@@ -79,9 +88,13 @@ def header(cfg: Any, trainer: pl.Trainer, run_dir: Any) -> str:
     data = str(cfg.data.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("DataModule")
     device = trainer.strategy.root_device.type
     devices = f"{trainer.world_size}×{device}" if trainer.world_size > 1 else device
-    if device == "cpu":  # what a shared machine left this run (transferlab.utils.threads)
+    if device == "cpu":  # what this machine grants the run (transferlab.utils.threads)
         threads = torch.get_num_threads()
-        devices += f" ({threads} thread{'s' if threads > 1 else ''})"
+        devices += f" ({threads} thread{'s' if threads > 1 else ''}"
+        if cpu is not None:
+            workers = cpu["loader_workers"]
+            devices += f", {workers} loader worker{'' if workers == 1 else 's'}; from {cpu['source']}"
+        devices += ")"
     return f"transferlab: {task} · {model} · {data} · {devices}, {trainer.precision} · run dir {run_dir}"
 
 

@@ -11,6 +11,7 @@ DEFAULT_RESIZE_RATIO = 256 / 224  # ImageNet's evaluation: short side to 256, ce
 # torch.compile modes that replay CUDA graphs (inductor's cudagraph trees) on a GPU: their outputs live in a
 # memory pool that later compiled calls overwrite (see `transferlab.utils.compile`).
 CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+AUTO_IDLE = "auto_idle"  # cpu_threads: the cores idle when the run starts (transferlab.utils.threads)
 
 # What a run directory holds.
 FAILED_FILE = "failed.json"  # a sweep job that raised: its one-line reason and log (transferlab.sweeps)

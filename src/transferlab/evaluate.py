@@ -24,6 +24,7 @@ from transferlab.runner import (
 )
 from transferlab.trust import open_checkpoint
 from transferlab.utils.io import write_json_atomic
+from transferlab.utils.threads import cpu_record
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -60,6 +61,7 @@ def _test(cfg: DictConfig) -> dict[str, float]:
                 "non_finite_metrics": non_finite,
                 "skipped_files": datamodule.skipped_files(),
                 "wall_time_s": round(time.time() - started, 2),
+                "cpu": cpu_record(getattr(datamodule, "workers_used", None)),  # as tl-train's
                 "overrides": task_overrides(),
                 "version": __version__,
             },

@@ -18,7 +18,6 @@ reaches the network or waits for a prompt by surprise; a sweep's W&B runs share 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import netrc
 import os
@@ -35,10 +34,10 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from transferlab.upstream.lightning import module_name
 from transferlab.utils import resolvers
-from transferlab.utils.errors import UserError
+from transferlab.utils.extras import require_tracker
 
-TRACKERS_INSTALL = "pip install 'transferlab[trackers]'"
 RUN_DIR_TAG = "transferlab.run_dir"  # MLflow tag: where the run's checkpoints and metrics.json are
 SWEEP_TAG = "transferlab.sweep"  # MLflow tag: the sweep a job belongs to (W&B: the run's group)
 STOPPED = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # exit statuses of a run stopped from outside
@@ -95,9 +94,10 @@ class TensorBoardAdapter(LoggerAdapter):
         self._write(experiment, session_end)
 
     def _write(self, *summaries: Any) -> None:
+        from transferlab.upstream.tensorboard_file_writer import add_summaries
+
         writer = self.logger.experiment
-        for summary in summaries:
-            writer._get_file_writer().add_summary(summary)  # as Lightning's own log_hyperparams does
+        add_summaries(writer, *summaries)  # as Lightning's own log_hyperparams does
         writer.flush()  # on disk now, not at the writer's next periodic flush
 
 
@@ -143,7 +143,9 @@ class WandbAdapter(LoggerAdapter):
     def finish(self, exit_code: int) -> None:
         # Lightning leaves the run open; the next job of an in-process sweep would otherwise log into it. W&B
         # shows a non-zero exit code as a failed run.
-        run = self.logger._experiment
+        from transferlab.upstream.lightning_wandb_logger import started_run
+
+        run = started_run(self.logger)
         if run is not None:
             run.finish(exit_code=exit_code)
 
@@ -240,10 +242,7 @@ def finishing(loggers: list[Logger]) -> Iterator[None]:
 
 # -- builders for the optional trackers (the configs' _target_s) ---------------------------------
 def _require(module: str, logger_name: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as err:
-        raise UserError(f"logger={logger_name} needs the '{module}' package. Install it: {TRACKERS_INSTALL}") from err
+    require_tracker(module, logger_name)  # the preflight said it first; this covers configs built in Python
 
 
 @contextlib.contextmanager
@@ -301,7 +300,9 @@ def mlflow_logger(
         if artifact_location is None:
             artifact_location = (database.parent / "artifacts").resolve().as_uri()
     # creating the database logs its migrations (alembic, mlflow.store), a new experiment a Lightning warning
-    with _loggers_above(logging.ERROR, "alembic", "mlflow.store.db.utils", "pytorch_lightning.loggers.mlflow"):
+    with _loggers_above(
+        logging.ERROR, "alembic", "mlflow.store.db.utils", module_name("pytorch_lightning.loggers.mlflow")
+    ):
         logger = MLFlowLogger(
             experiment_name=experiment_name,
             tracking_uri=tracking_uri,
@@ -353,6 +354,7 @@ def wandb_logger(
     logger = WandbLogger(
         project=project, save_dir=save_dir, name=name, mode=mode, group=group, settings=settings, **kwargs
     )
-    if logger._wandb_init.get("anonymous") is None:  # Lightning's anonymous=None makes W&B warn the setting is gone
-        logger._wandb_init.pop("anonymous", None)
+    from transferlab.upstream.lightning_wandb_logger import drop_unset_anonymous
+
+    drop_unset_anonymous(logger)  # Lightning's anonymous=None makes W&B warn the setting is gone
     return logger

@@ -115,7 +115,7 @@ def build_predictor(cfg: DictConfig, options: PredictOptions) -> Predictor:
 
 def run(cfg: DictConfig) -> Path:
     check_tiling(cfg.tile, cfg.overlap)
-    configure_cpu(cfg.get("cpu_threads"))  # the free cores, as for training (transferlab.utils.threads)
+    configure_cpu(cfg.get("cpu_threads"))  # as for training (transferlab.utils.threads)
     options = PredictOptions(
         output=Path(cfg.output).expanduser() if cfg.output else output_dir() / "predictions",
         top_k=cfg.top_k,

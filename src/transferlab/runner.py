@@ -25,8 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 from pytorch_lightning.plugins.io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
-from pytorch_lightning.strategies.launchers import subprocess_script
-from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -34,6 +32,7 @@ from transferlab import cli
 from transferlab.callbacks import ProgressBar
 from transferlab.console import CompactModelSummary, EpochLine
 from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
+from transferlab.upstream import lightning_accelerator, lightning_ddp_subprocess, lightning_sigterm
 from transferlab.utils.errors import UserError, describe, find_user_error
 from transferlab.utils.io import atomic_open
 from transferlab.utils.threads import configure_cpu
@@ -197,10 +196,10 @@ def decided_accelerator(trainer_cfg: DictConfig) -> str:
     exists (some trainer settings depend on it); decided by Lightning's own rules for "auto" and "gpu"."""
     flag = trainer_cfg.get("accelerator") or "auto"
     if flag == "auto":
-        return _AcceleratorConnector._choose_auto_accelerator()
+        return lightning_accelerator.auto_accelerator()
     if flag == "gpu":
         try:
-            return _AcceleratorConnector._choose_gpu_accelerator_backend()
+            return lightning_accelerator.gpu_accelerator_backend()
         except MisconfigurationException:  # no GPU: building the trainer says so
             return "gpu"
     return str(flag)
@@ -295,7 +294,13 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     own overrides, as a single run, in its own directory, writing no Hydra output of its own.
     """
     hydra_cfg = HydraConfig.get()
-    command = [sys.executable, "-m", cli.entry_module, *hydra_cfg.overrides.task]
+    # A user's own config folder (--config-dir, hydra.searchpath) is not among the task overrides: without it a
+    # rank > 0 could not find e.g. data=mydata. Hydra's argument parser wants the flag before the overrides.
+    own = [source.path for source in hydra_cfg.runtime.config_sources if source.provider == "command-line"]
+    command = [sys.executable, "-m", cli.entry_module, *(f"--config-dir={path}" for path in own)]
+    command += list(hydra_cfg.overrides.task)
+    if hydra_cfg.searchpath:
+        command.append("hydra.searchpath=[" + ",".join(f"'{path}'" for path in hydra_cfg.searchpath) + "]")
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
@@ -304,9 +309,9 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
-# Lightning (pinned <2.7 in pyproject) has no setting for this command; its launcher looks the function up
-# in this module at launch time, so replacing it here is enough (tested by tests/test_distributed.py).
-subprocess_script._hydra_subprocess_cmd = ddp_child_command
+# Lightning has no setting for this command (see transferlab.upstream.lightning_ddp_subprocess; tested by
+# tests/test_distributed.py, its canary by tests/test_upstream.py).
+lightning_ddp_subprocess.install(ddp_child_command)
 
 
 @contextmanager
@@ -327,7 +332,7 @@ def step_boundary_requeue(trainer: pl.Trainer) -> Iterator[None]:
 
     def stop_at_step_end(signum: int, _frame: Any) -> None:
         received.append(signum)
-        trainer._signal_connector.received_sigterm = True  # Lightning's own stop flag, read at each step's end
+        lightning_sigterm.request_stop(trainer)  # Lightning's own stop flag, read at each step's end
 
     signal.signal(signal.SIGUSR2, stop_at_step_end)
     try:

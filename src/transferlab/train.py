@@ -5,6 +5,7 @@ Everything comes from the composed Hydra config (``conf/train.yaml``); see ``tl-
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -18,9 +19,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
-from transferlab.cli import hydra_app
+from transferlab.cli import deleted_at_clean_end, hydra_app
 from transferlab.console import header, inputs_line, quiet, results_line
-from transferlab.constants import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
+from transferlab.constants import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.loggers import finishing, log_final_metrics, start_runs
 from transferlab.runner import (
     build,
@@ -36,11 +37,12 @@ from transferlab.runner import (
     step_boundary_requeue,
     task_overrides,
 )
-from transferlab.trust import open_checkpoint
+from transferlab.trust import CheckedCheckpoint, open_checkpoint
 from transferlab.utils.checks import check_values
 from transferlab.utils.config import flatten
 from transferlab.utils.errors import UserError
 from transferlab.utils.io import write_json_atomic
+from transferlab.utils.threads import cpu_record
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -60,11 +62,15 @@ def _train_and_test(cfg: DictConfig) -> float | None:
     if ckpt_path == "last":  # this run directory's own last.ckpt (with hydra.run.dir=<the interrupted run>)
         last = job_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not last.is_file():
+            if finished_summary(job_dir) is not None:
+                raise finished_run_error(job_dir, cfg.trusted_targets)
             raise UserError(
                 f"ckpt_path=last: {last} does not exist. Re-run into the interrupted run's directory "
                 "(hydra.run.dir=<run dir>), or pass ckpt_path=<path to its last.ckpt>"
             )
         ckpt_path = str(last)
+    elif cfg.train and ckpt_path is not None:
+        refuse_missing_last(Path(ckpt_path).expanduser(), cfg.trusted_targets)
     if cfg.train and ckpt_path is None and (last := resume_checkpoint(job_dir)) is not None:
         print(f"Resuming unfinished job from {last}", flush=True)
         ckpt_path = str(last)
@@ -89,9 +95,8 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         )
     if cfg.train and stored is not None and not stored.resumable:
         raise UserError(
-            f"{ckpt_path} holds weights only (best.ckpt is saved without optimizer state), so training cannot "
-            "resume from it. Resume from the run's last.ckpt, or start a new run from these weights: "
-            f"model.backbone.weights={ckpt_path}"
+            f"{ckpt_path} holds weights only (no optimizer state), so training cannot continue from it. "
+            f"{use_weights_now(Path(ckpt_path), stored)}; {RESUME_NEXT_TIME}"
         )
     callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_named(cfg.get("logger"), "logger")
@@ -100,7 +105,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         datamodule.trainer = trainer
         datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
         if trainer.is_global_zero and not cfg.get("verbose", False):
-            print(header(cfg, trainer, job_dir), flush=True)
+            print(header(cfg, trainer, job_dir, cpu_record(getattr(datamodule, "num_workers", None))), flush=True)
             if preprocessing is not None:
                 print(inputs_line(preprocessing, datamodule.preprocessing_record()), flush=True)
         start_runs(trainer.loggers, flatten(config), list(cfg.get("tags", [])))  # listed by the trackers from now on
@@ -143,6 +148,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             ),
             "resumed_from": ckpt_path if cfg.train else None,
             "wall_time_s": round(time.time() - started, 2),
+            "cpu": cpu_record(getattr(datamodule, "workers_used", None)),  # threads, loader workers, their source
             "overrides": task_overrides(),
             "version": __version__,
         }
@@ -155,6 +161,43 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             checkpoint.discard_last()  # finished: nothing left to resume
         print(f"Run directory: {job_dir}", flush=True)
     return best
+
+
+RESUME_NEXT_TIME = "to be able to resume a finished run next time: callbacks.model_checkpoint.keep_last=true"
+
+
+def use_weights_now(best: Path, stored: CheckedCheckpoint | None) -> str:
+    """What can be done with weights-only `best` at once. ``model.backbone.weights`` loads a checkpoint's
+    ``backbone.*`` part only (`transferlab.backbones.read_state_dict`), so it is offered only where there is one."""
+    if stored is not None and stored.has_backbone:
+        return f"To fine-tune from it now (its backbone, a new head): model.backbone.weights={best} without ckpt_path"
+    return f"Its weights still serve tl-eval and tl-predict: ckpt_path={best}"
+
+
+def finished_run_error(run_dir: Path, trusted: Any = ()) -> UserError:
+    """Why a cleanly finished run cannot be continued: its last.ckpt went at the end (`ModelCheckpoint.keep_last`),
+    and best.ckpt holds weights only."""
+    best = run_dir / CHECKPOINT_DIR / BEST_CHECKPOINT
+    now = "Start a new run"
+    if best.is_file():
+        with contextlib.suppress(UserError):  # unreadable or foreign: no advice about it
+            now = use_weights_now(best, open_checkpoint(best, trusted))
+    return UserError(
+        f"{run_dir} finished cleanly and its {LAST_CHECKPOINT} (the only checkpoint with optimizer state) was deleted "
+        f"then, so training cannot continue from it. {now}; {RESUME_NEXT_TIME}"
+    )
+
+
+def refuse_missing_last(path: Path, trusted: Any = ()) -> None:
+    """``ckpt_path`` naming a run directory, or the last.ckpt a clean end deleted: say what to do instead."""
+    if path.is_dir():
+        last = path / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if not last.is_file() and finished_summary(path) is not None:
+            raise finished_run_error(path, trusted)
+        hint = f"ckpt_path={last}" if last.is_file() else f"ckpt_path=<run dir>/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"
+        raise UserError(f"ckpt_path={path} is a directory, not a checkpoint. To resume that run: {hint}")
+    if deleted_at_clean_end(path):
+        raise finished_run_error(path.parent.parent, trusted)
 
 
 def _best_monitored(cfg: DictConfig, checkpoint: ModelCheckpoint | None, metrics: dict[str, float]) -> float | None:

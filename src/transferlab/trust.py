@@ -224,6 +224,7 @@ class CheckedCheckpoint:
     config: dict[str, Any]
     trusted: tuple[str, ...]
     resumable: bool = True  # holds the optimizer state (last.ckpt), not just weights (best.ckpt)
+    has_backbone: bool = False  # has ``backbone.*`` weights: what ``model.backbone.weights=<this file>`` loads
 
     def build_task(self, **kwargs: Any) -> Any:
         """Rebuild the trained task (weights included); source weights are not re-fetched."""
@@ -284,7 +285,9 @@ def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoin
     check_untrusted(config["model"], source, trusted, key="model")
     check_untrusted(blob.get("hyper_parameters"), source, trusted, key="hyper_parameters")
     resumable = "optimizer_states" in blob
-    return CheckedCheckpoint(path=path, data=data, config=config, trusted=trusted, resumable=resumable)
+    state = blob.get("state_dict")
+    has_backbone = isinstance(state, dict) and any(str(key).startswith("backbone.") for key in state)
+    return CheckedCheckpoint(path, data, config, trusted, resumable=resumable, has_backbone=has_backbone)
 
 
 # -- checkpoints of earlier releases ------------------------------------------------------------------------

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, start_cli
+from conftest import needs_extra, run_cli, start_cli
 from transferlab.constants import METRICS_FILE, SLURM_MANIFEST
 from transferlab.report import report
 from transferlab.sweeps import EXIT_JOBS_FAILED, read_failure
 
 pytestmark = pytest.mark.slurm
+needs_extra("slurm")  # every test here submits through submitit
 
 # Every test job: tiny, on one CPU, one thread (so a SLURM job and a local one compute the same numbers).
 LOCAL_JOB = ["debug=tiny"]

@@ -16,7 +16,7 @@ from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from conftest import run_cli
+from conftest import needs_extra, run_cli
 from slurm.cluster import ClusterUnavailable
 from slurm.two_nodes import TwoNodeCluster
 from transferlab.runner import build_trainer
@@ -29,6 +29,7 @@ TWO_NODES = ["trainer.devices=1", "trainer.num_nodes=2"]  # ddp_sim's default: d
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoNodeCluster]:
     """The cluster for this module's tests; torn down (jobs, daemons, namespaces, links) however they end."""
+    needs_extra("slurm")
     cluster = TwoNodeCluster(tmp_path_factory.mktemp("two_nodes"))
     with pytest.MonkeyPatch.context() as env:
         try:

@@ -14,6 +14,8 @@ import pickle
 import sys
 from pathlib import Path
 
+from transferlab.upstream.hydra_job_return import store_failure, stored_value
+
 
 def main(payload: Path, result: Path) -> None:
     """Run the job of `payload` and store its `JobReturn` (or, if that cannot be pickled, its outcome) in `result`."""
@@ -38,7 +40,8 @@ def main(payload: Path, result: Path) -> None:
     try:
         data = cloudpickle.dumps(ret)
     except Exception as err:  # an unpicklable return value or exception: keep the outcome, in words
-        ret._return_value = RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value} ({err})")
+        error = stored_value(ret)
+        store_failure(ret, RuntimeError(f"{type(error).__name__}: {error} ({err})"))
         ret.return_value = None if ret.status.name == "FAILED" else str(ret.return_value)
         data = cloudpickle.dumps(ret)
     from transferlab.utils.errors import report_user_errors

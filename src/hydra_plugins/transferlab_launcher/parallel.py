@@ -3,7 +3,10 @@
 * **How many at once.** Up to ``hydra.launcher.jobs`` jobs run together; ``null`` lets the machine decide: a
   GPU job takes ``trainer.devices`` GPUs and a CPU job ``cpu_threads`` (else ``threads_per_job``, else 1) cores,
   and a job starts as soon as its GPUs and cores are free, so a GPU machine runs one job per visible GPU and a
-  CPU machine its usable cores ÷ the job's threads.
+  CPU machine its usable cores ÷ the job's threads. The usable cores are those a run's threads follow
+  (`transferlab.utils.cores`: affinity, cgroup quota, ``SLURM_CPUS_PER_TASK``), never a load sample, so the
+  same sweep is sized the same way every time; ``cpu_threads=auto_idle`` counts as null here (the job's
+  ``OMP_NUM_THREADS``, set from its pinned cores, wins over it inside the job).
 * **Pinning.** Every job is a fresh process (``python -m hydra_plugins.transferlab_launcher._job``) in a
   session of its own: ``CUDA_VISIBLE_DEVICES`` names its GPUs before CUDA starts, ``os.sched_setaffinity``
   binds it to its cores and ``OMP_NUM_THREADS`` sizes torch's threads to them (a GPU job gets an even share
@@ -34,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import shutil
 import signal
@@ -53,12 +55,14 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from transferlab.upstream.hydra_job_return import store_failure, stored_value
+from transferlab.utils.cores import allowed_cores  # torch-free
+
 log = logging.getLogger(__name__)
 
 CONSOLE_FILE = "console.log"  # a job's stdout and stderr, in its job directory
 RESULT_SUFFIX = ".result"
 POLL_S = 0.1
-CPU_QUOTA = Path("/sys/fs/cgroup/cpu.max")  # as transferlab.utils.threads (which imports torch)
 PR_SET_PDEATHSIG = 1
 EXIT_USER_ERROR = 2  # as transferlab.utils.errors (not imported: plugins must load fast)
 
@@ -85,15 +89,9 @@ def visible_gpus() -> list[str]:
 
 
 def usable_cores() -> list[int]:
-    """The cores this process may run on (affinity), trimmed to a cgroup v2 CPU quota."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    try:
-        limit, period = CPU_QUOTA.read_text().split()
-        if limit != "max":
-            cores = cores[: max(1, math.floor(int(limit) / int(period)))]
-    except (OSError, ValueError):
-        pass
-    return cores or [0]
+    """The cores the sweep may pin its jobs to: affinity, trimmed to a cgroup v2 CPU quota and
+    ``SLURM_CPUS_PER_TASK`` (the limits a run's own threads follow, `transferlab.utils.cores`)."""
+    return allowed_cores()
 
 
 class Job:
@@ -348,7 +346,7 @@ class ParallelLauncher(Launcher):
         ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=hydra_cfg, status=JobStatus.FAILED)
         ret.task_name = str(job.config.hydra.job.name)
         ret.working_dir = str(job.job_dir)
-        ret._return_value = JobFailed(reason)
+        store_failure(ret, JobFailed(reason))
         return ret
 
     def _stop(self, running: list[Job]) -> None:
@@ -431,7 +429,7 @@ def _died(code: int | None, console: Path) -> str:
     """Why a job process left no result: the signal or exit status, its own last ``error:`` line, its log."""
     how = (
         f"was killed by {signal.Signals(-code).name}"
-        if code is not None and code < 0 and -code in signal.Signals._value2member_map_
+        if code is not None and code < 0 and -code in {sig.value for sig in signal.Signals}
         else f"exited with status {code}"
     )
     from transferlab.sweeps import last_error_line
@@ -442,5 +440,5 @@ def _died(code: int | None, console: Path) -> str:
 
 
 def _reason(ret: JobReturn) -> str:
-    error = getattr(ret, "_return_value", None)
+    error = stored_value(ret)
     return str(error) if error is not None else "failed"

@@ -13,7 +13,9 @@ user needs on top.
   waits forever.
 
 Hydra only loads launcher plugins from the ``hydra_plugins`` namespace, hence this package's place. It
-imports nothing heavy: Hydra imports every plugin module at start-up, ``--help`` included.
+imports nothing heavy: Hydra imports every plugin module at start-up, ``--help`` included. For the same reason
+it loads without the ``[slurm]`` extra (hydra-submitit-launcher, submitit): stand-ins then end a SLURM sweep in
+the one line ``pip install "transferlab[slurm]"``.
 """
 
 import functools
@@ -27,11 +29,49 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
-from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+from hydra.plugins.launcher import Launcher
 
 EXIT_USER_ERROR = 2  # as transferlab.utils.errors (not imported: plugins must load fast)
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class MissingExtraConf:
+    """Stands in for submitit's settings without the ``[slurm]`` extra (see `MissingExtraLauncher`)."""
+
+
+class MissingExtraLauncher(Launcher):
+    """Stands in for hydra-submitit-launcher's launcher without the ``[slurm]`` extra: Hydra imports this module
+    at every start-up, which must stay quiet (no "Error importing" warning), and a sweep that asks for SLURM
+    anyway ends in the one line naming the extra (the CLI's preflight says it first)."""
+
+    def __init__(self, **_params: Any) -> None:
+        from transferlab.utils.errors import UserError
+        from transferlab.utils.extras import require_slurm
+
+        try:
+            require_slurm()
+        except UserError as err:
+            SlurmLauncher.fail(str(err))
+        SlurmLauncher.fail("hydra/launcher=slurm could not load hydra-submitit-launcher. Reinstall the [slurm] extra")
+
+    def setup(self, **_kwargs: Any) -> None:  # never reached: __init__ ends the process
+        raise NotImplementedError
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:  # never reached
+        raise NotImplementedError
+
+
+try:  # the [slurm] extra
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+
+    HAVE_SLURM_EXTRA = True
+except ImportError:
+    SlurmQueueConf = MissingExtraConf  # type: ignore[misc,assignment]
+    SubmititSlurmLauncher = MissingExtraLauncher  # type: ignore[misc,assignment]
+    HAVE_SLURM_EXTRA = False
+
 RESOURCE_KEYS = "hydra.launcher.partition (sinfo lists them), cpus_per_task, mem_gb, gpus_per_node, timeout_min"
 
 
@@ -63,8 +103,13 @@ class TransferlabSlurmConf(SlurmQueueConf):
 
 
 # The schema conf/hydra/launcher/slurm.yaml starts from (a structured config refuses keys it does not declare).
+# Without the [slurm] extra there are no submitit settings to declare: a plain node takes slurm.yaml's keys, so
+# hydra/launcher=slurm still composes and the launcher (or the CLI's preflight first) says which extra to install.
 ConfigStore.instance().store(
-    group="hydra/launcher", name="transferlab_slurm", node=TransferlabSlurmConf, provider="transferlab"
+    group="hydra/launcher",
+    name="transferlab_slurm",
+    node=TransferlabSlurmConf if HAVE_SLURM_EXTRA else {"_target_": TransferlabSlurmConf._target_, "wait": True},
+    provider="transferlab",
 )
 
 
@@ -79,6 +124,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
         from hydra.core.utils import JobReturn, JobStatus
         from submitit.core.utils import FailedJobError, UncompletedJobError
         from submitit.slurm.slurm import SlurmJob
+
+        from transferlab.upstream.hydra_job_return import stored_value
 
         logging.getLogger("submitit").setLevel(logging.ERROR)
         watcher = squeue_watcher_class()(delay_s=5)
@@ -101,7 +148,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         for job, overrides, job_dir in zip(jobs, job_overrides, dirs):
             try:
                 ret = job.results()[0]
-                error = getattr(ret, "_return_value", None)  # a job submitit gave up on returns its error
+                error = stored_value(ret)  # a job submitit gave up on returns its error
                 if isinstance(error, failures):
                     raise error
             except failures as err:

@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from transferlab.upstream.hydra_override import override_value
 from transferlab.utils.errors import UserError
 
 _INTERVAL_ARGS = re.compile(r"interval\(\s*(?:start\s*=\s*)?([^,()]+?)\s*,\s*(?:end\s*=\s*)?([^,()]+?)\s*\)")
@@ -38,7 +39,7 @@ class SearchSpace:
     def overrides(self, params: dict[str, Any]) -> list[str]:
         """A trial's overrides: its sampled values (in search-space order), then the fixed ones."""
         # Hydra's own spelling of a value (what its grid sweep writes: `a\ b`, `x\,y`), which it reads back as is
-        sampled = [f"{key}={Override._get_value_element_as_str(params[key])}" for key in self.distributions]
+        sampled = [f"{key}={override_value(params[key])}" for key in self.distributions]
         return sampled + [f"{key}={value}" for key, value in self.fixed.items()]
 
     def example(self) -> dict[str, Any]:

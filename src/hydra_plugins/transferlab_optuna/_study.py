@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from transferlab.constants import METRICS_FILE, OPTUNA_STUDY_DB, OPTUNA_TRIAL_ENV
 from transferlab.sweeps import end_sweep, read_failure
+from transferlab.upstream.hydra_job_return import stored_value
 from transferlab.utils.errors import UserError, one_line
 from transferlab.utils.io import SWEEP_ELSEWHERE, atomic_file
 from transferlab.utils.optuna_storage import open_storage
@@ -366,5 +367,5 @@ def _failure_reason(ret: JobReturn, job_dir: Path | None) -> str:
     recorded = read_failure(job_dir) if job_dir is not None else None
     if recorded and recorded.get("error"):
         return str(recorded["error"])
-    error = getattr(ret, "_return_value", None)
+    error = stored_value(ret)
     return one_line(error) if isinstance(error, BaseException) else "the job ended without a result"

@@ -209,7 +209,8 @@ class BatchedDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise UserError(f"data.batch_size must be a positive integer, got {batch_size}")
         self.batch_size = batch_size
-        self.num_workers = num_workers  # None: sized from the cores free when the run starts (`loader_workers`)
+        self.num_workers = num_workers  # None: sized from the run's CPU threads (`loader_workers`)
+        self.workers_used: int | None = None  # what the last loader got (metrics.json records it)
         self.bad_files = BadFiles("skip")  # datamodules that read files take data.on_bad_file
         self._train_loader: ResumableLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
@@ -269,6 +270,7 @@ class BatchedDataModule(pl.LightningDataModule):
         dataset = self._splits[split] if dataset is None else dataset
         batch_size = self.per_device_batch_size()
         workers = loader_workers() if self.num_workers is None else self.num_workers
+        self.workers_used = workers
         if workers > 0:
             self.bad_files.ready_folder()  # before the workers fork, so they all record into one folder
         options: dict[str, Any] = {
@@ -445,7 +447,9 @@ class ClassificationDataModule(BatchedDataModule, abc.ABC):
         if not self.device_resident():
             return super()._loader(split, shuffle)
         try:
-            return self._device_loader(split, shuffle)
+            loader = self._device_loader(split, shuffle)
+            self.workers_used = 0  # batches come from device memory, no loader processes
+            return loader
         except UserError as err:
             if self.on_gpu:  # asked for explicitly: say why it cannot be done
                 raise

@@ -30,6 +30,7 @@ from torch import nn
 from transferlab.backbones import InputNormalize, Preprocessing
 from transferlab.finetune import Finetune
 from transferlab.loggers import log_image_rows
+from transferlab.upstream.lightning_ddp_kwargs import ddp_kwargs
 from transferlab.utils.checks import refuse_cuda_graph_accumulation
 from transferlab.utils.compile import compile_forward, cudagraph_step_begin
 from transferlab.utils.config import to_plain
@@ -46,7 +47,7 @@ def _ddp_without_unused_parameter_search(trainer: pl.Trainer | None) -> bool:
     if trainer is None:
         return False
     strategy = trainer.strategy
-    return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
+    return isinstance(strategy, DDPStrategy) and not ddp_kwargs(strategy).get("find_unused_parameters")
 
 
 def fused_if_supported(make_optimizer: Any, device: torch.device, clips_gradients: bool = False) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from transferlab.constants import CUDA_GRAPH_COMPILE_MODES
+from transferlab.constants import AUTO_IDLE, CUDA_GRAPH_COMPILE_MODES
+from transferlab.upstream import omegaconf_nodes
 from transferlab.utils.errors import UserError
 
 
@@ -115,9 +116,26 @@ class Tags:
         )
 
 
+@dataclass(frozen=True)
+class CpuThreads:
+    """``cpu_threads``: a thread count, null (the cores the machine grants) or ``auto_idle`` (the idle ones)."""
+
+    def problem(self, value: Any) -> str | None:
+        if (
+            value is None
+            or value == AUTO_IDLE
+            or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        ):
+            return None
+        return (
+            "an integer >= 1, null (from CPU affinity, cgroup quota and SLURM_CPUS_PER_TASK) or "
+            f"{AUTO_IDLE} (the cores idle at the start)"
+        )
+
+
 MISSING = "???"  # a required value nobody gave
 
-Rule = Number | CountOrFraction | OneOf | Devices | Tags
+Rule = Number | CountOrFraction | OneOf | Devices | Tags | CpuThreads
 
 COUNT = Number(low=1, integer=True)
 NON_NEGATIVE = Number(low=0)
@@ -149,8 +167,8 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": OneOf((True, False, "warn")),
     # data
     "data.batch_size": COUNT,
-    "data.num_workers": Number(low=0, integer=True, nullable=True, meaning="null = from the free cores"),
-    "cpu_threads": Number(low=1, integer=True, nullable=True, meaning="null = the free cores"),
+    "data.num_workers": Number(low=0, integer=True, nullable=True, meaning="null = from the CPU threads"),
+    "cpu_threads": CpuThreads(),
     "data.image_size": Number(low=8, integer=True),
     "data.patch_size": Number(low=8, integer=True),
     "data.train_size": COUNT,
@@ -208,12 +226,12 @@ def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
         if OmegaConf.is_missing(node, key):
             yield name, MISSING
             continue
-        child = node._get_node(key)
+        child = omegaconf_nodes.raw_child(node, key)
         if isinstance(child, DictConfig):
-            if not child._is_none():
+            if not omegaconf_nodes.is_none(child):
                 yield from leaves(child, f"{name}.")
         else:
-            yield name, list(child) if isinstance(child, ListConfig) else child._value()
+            yield name, omegaconf_nodes.raw_value(child)
 
 
 def rule_for(key: str) -> Rule | None:

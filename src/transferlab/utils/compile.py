@@ -48,9 +48,9 @@ def cudagraph_step_begin(mode: str | None) -> None:
 
 def is_compile_failure(err: BaseException) -> bool:
     """Whether `err` comes from the compiler (dynamo or a backend such as inductor), not from running the model."""
-    import torch._dynamo.exc  # imported by torch.compile already; lazily here, so importing this module stays cheap
+    from transferlab.upstream.torch_dynamo import is_dynamo_error
 
-    return isinstance(err, torch._dynamo.exc.TorchDynamoException)
+    return is_dynamo_error(err)
 
 
 def failure_reason(err: BaseException) -> str:

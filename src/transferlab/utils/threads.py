@@ -1,86 +1,98 @@
-"""CPU threads and loader workers from the cores this process can actually use right now.
+"""CPU threads and loader workers of a run: the same on every run of the same command on the same machine.
 
-torch starts one OpenMP thread per core it sees. On a shared machine that is a trap: with one of two cores busy
-(another job, a compile, a browser), torch's two threads wait on each other at every parallel region, and the
-default job took 12.5 min instead of 33 s (18 s with ``OMP_NUM_THREADS=1``). So the budget is the cores this
-process may run on (affinity and cgroup quota) that are idle when the run starts, measured from ``/proc/stat``
-over a fifth of a second, shared between the processes a run starts on this machine (DDP ranks). An explicit
-choice always wins: ``cpu_threads=<n>`` in the config, or ``OMP_NUM_THREADS`` in the environment.
+Which count, first match wins:
+
+1. ``cpu_threads=<n>`` in the config (source ``cpu_threads``);
+2. ``OMP_NUM_THREADS`` in the environment (source ``OMP_NUM_THREADS``; the parallel launcher sets it per job);
+3. ``cpu_threads=auto_idle``: the cores idle when the run starts, sampled from ``/proc/stat`` (source ``auto_idle``);
+4. ``cpu_threads: null`` (default): the cores the machine grants this process, i.e. the smallest of CPU affinity,
+   the cgroup v2 quota and ``SLURM_CPUS_PER_TASK`` (source ``affinity``, ``cgroup quota`` or
+   ``SLURM_CPUS_PER_TASK``; `transferlab.utils.cores`).
+
+3 and 4 are shared between the processes the run starts on this machine (DDP ranks), unless SLURM started each
+rank as its own task with its own CPUs. Loader workers (``data.num_workers: null``) are the budget but one.
+
+Why ``auto_idle`` exists: torch starts one OpenMP thread per core it sees. On a shared machine that is a trap:
+with one of two cores busy (another job, a compile, a browser), torch's two threads wait on each other at every
+parallel region, and the default job took 12.5 min instead of 33 s (18 s with ``OMP_NUM_THREADS=1``); on 2 cores
+with one kept busy, its first epoch took 13.1 s with one thread and 30.7 s with two. Sizing from the idle cores
+avoids that, but a load sample differs from run to run, so the same seed could train with another
+thread count and give other numbers; hence it is opt-in, and the default counts only what the machine grants.
+The choice is recorded (`cpu_record`: metrics.json's ``cpu`` and the run header).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-CPU_QUOTA = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
-SAMPLE_S = 0.2
+from transferlab.constants import AUTO_IDLE
+from transferlab.utils.checks import CpuThreads
+from transferlab.utils.cores import free_cores, slurm_tasks_per_node, usable_cores
+from transferlab.utils.errors import UserError
+
 MAX_LOADER_WORKERS = 8
-_budget: int | None = None  # cores per process, decided once by `configure_cpu`
+CPU_THREADS, OMP = "cpu_threads", "OMP_NUM_THREADS"  # sources besides those of `transferlab.utils.cores`
 
 
-def usable_cores() -> int:
-    """Cores this process may be scheduled on: CPU affinity, capped by a cgroup v2 CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        limit, period = CPU_QUOTA.read_text().split()
-        if limit != "max":
-            cores = min(cores, max(1, math.floor(int(limit) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
+@dataclass(frozen=True)
+class CpuChoice:
+    """Threads per process and where the count came from (what metrics.json records)."""
+
+    threads: int
+    source: str
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs since boot, or None where /proc/stat does not exist."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+_choice: CpuChoice | None = None  # decided once per process by `configure_cpu`
 
 
-def busy_cores(sample_s: float = SAMPLE_S) -> float:
-    """Cores kept busy by other work over a short sample (0 where it cannot be measured)."""
-    before = _cpu_times()
-    if before is None:
-        return 0.0
-    time.sleep(sample_s)
-    after = _cpu_times()
-    if after is None or after[1] <= before[1]:
-        return 0.0
-    return (os.cpu_count() or 1) * (after[0] - before[0]) / (after[1] - before[1])
+def check_cpu_threads(value: Any) -> None:
+    """Refuse a ``cpu_threads`` that is not a count, null or auto_idle (API callers skip the CLI's checks)."""
+    if (problem := CpuThreads().problem(value)) is not None:
+        raise UserError(f"cpu_threads must be {problem}, got {value!r}. Pass cpu_threads=<n>, null or {AUTO_IDLE}")
 
 
-def free_cores() -> int:
-    """Usable cores that are idle now (at least one)."""
-    return max(1, min(usable_cores(), round((os.cpu_count() or 1) - busy_cores())))
+def sharing(processes: int) -> int:
+    """Processes of this run that share this process's cores: the DDP ranks on this machine, or 1 where SLURM
+    started every rank as a task of its own (each then has its own affinity and SLURM_CPUS_PER_TASK)."""
+    processes = max(1, processes)
+    return 1 if processes > 1 and slurm_tasks_per_node() == processes else processes
 
 
-def configure_cpu(threads: int | None, processes: int = 1) -> int:
-    """Set torch's intra-op threads: `threads` if given, else this process's share of the free cores.
-
-    ``OMP_NUM_THREADS`` set by the user is left alone. Returns the per-process core budget that loader workers
-    are sized from."""
-    global _budget
-    if threads is not None:
-        _budget = max(1, int(threads))
-    elif os.environ.get("OMP_NUM_THREADS"):
-        _budget = max(1, torch.get_num_threads())
-        return _budget
+def configure_cpu(threads: int | str | None, processes: int = 1) -> int:
+    """Set torch's intra-op threads as the module docstring says, before any worker or thread pool starts;
+    return the per-process budget that loader workers are sized from."""
+    global _choice
+    check_cpu_threads(threads)
+    if isinstance(threads, int):
+        _choice = CpuChoice(threads, CPU_THREADS)
+    elif os.environ.get(OMP):  # torch already read it; leave it alone
+        _choice = CpuChoice(max(1, torch.get_num_threads()), OMP)
+        return _choice.threads
+    elif threads == AUTO_IDLE:
+        _choice = CpuChoice(max(1, free_cores() // sharing(processes)), AUTO_IDLE)
     else:
-        _budget = max(1, free_cores() // max(1, processes))
-    torch.set_num_threads(_budget)
-    return _budget
+        cores, source = usable_cores()
+        _choice = CpuChoice(max(1, cores // sharing(processes)), source)
+    torch.set_num_threads(_choice.threads)
+    return _choice.threads
 
 
 def loader_workers() -> int:
     """DataLoader worker processes when the data config says ``num_workers: null``: the budget but one core
     (which the training loop itself uses), none on a single core."""
-    budget = _budget if _budget is not None else free_cores()
+    budget = _choice.threads if _choice is not None else usable_cores()[0]
     return min(MAX_LOADER_WORKERS, max(0, budget - 1))
+
+
+def cpu_record(workers: int | None) -> dict[str, Any]:
+    """What metrics.json records: torch's threads, the loader workers (`workers`: the datamodule's own count
+    where it set one, else `loader_workers`) and the source of the thread count."""
+    return {
+        "threads": torch.get_num_threads(),
+        "loader_workers": loader_workers() if workers is None else workers,
+        "source": _choice.source if _choice is not None else "torch default",
+    }
