@@ -62,7 +62,8 @@ def expected_preprocessing(model: dict[str, Any]) -> Any:
     None when it has nothing to follow), known before the task or the data are built."""
     from hydra.utils import get_class
 
-    return get_class(model["_target_"]).expected_preprocessing(model)
+    resolve = getattr(get_class(model["_target_"]), "expected_preprocessing", None)  # a trusted non-transferlab task
+    return resolve(model) if resolve is not None else None
 
 
 def instantiate_named(group: DictConfig | None, key: str = "callbacks") -> list[Any]:
