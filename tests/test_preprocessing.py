@@ -22,6 +22,7 @@ from transferlab.predict import run as predict
 from transferlab.tasks.classification import ClassificationTask
 from transferlab.train import run as train
 from transferlab.trust import open_checkpoint
+from transferlab.utils.errors import UserError
 
 HALF = (0.5, 0.5, 0.5)
 VIT = "timm/vit_tiny_patch16_224"  # augreg weights: mean = std = 0.5, crop_pct 0.9
@@ -219,3 +220,8 @@ def test_imagefolder_eval_resize_follows_the_weights_unless_set(tmp_path: Path) 
     assert eval_size(1.5, b1) == 150  # data.resize_ratio set: it wins
     with pytest.raises(Exception, match="data.resize_ratio must be >= 1"):
         ImageFolderDataModule(resize_ratio=0.5, **common)
+
+
+def test_a_malformed_record_is_one_line() -> None:
+    with pytest.raises(UserError, match="a preprocessing record must hold mean, std, resize_ratio and source"):
+        Preprocessing.from_record({"mean": [0.5, 0.5, 0.5]})

@@ -112,15 +112,21 @@ class Preprocessing:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Preprocessing:
-        """Back from `record` (a checkpoint's, an exported model's)."""
-        return cls(
-            mean=tuple(float(x) for x in record["mean"]),
-            std=tuple(float(x) for x in record["std"]),
-            resize_ratio=float(record["resize_ratio"]),
-            source=str(record["source"]),
-            interpolation=str(record.get("interpolation", "bilinear")),
-            norm_source=record.get("norm_source"),
-        )
+        """Back from `record` (a checkpoint's, an exported model's: data, so checked)."""
+        try:
+            return cls(
+                mean=tuple(float(x) for x in record["mean"]),
+                std=tuple(float(x) for x in record["std"]),
+                resize_ratio=float(record["resize_ratio"]),
+                source=str(record["source"]),
+                interpolation=str(record.get("interpolation", "bilinear")),
+                norm_source=record.get("norm_source"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UserError(
+                f"a preprocessing record must hold mean, std, resize_ratio and source, got {record!r:.200}. "
+                "Re-create the checkpoint or export with tl-train / tl-export"
+            ) from err
 
     def record(self) -> dict[str, Any]:
         """Plain values only (checkpoints load under ``weights_only=True``)."""

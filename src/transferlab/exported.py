@@ -111,10 +111,7 @@ class OnnxModel:
 
         datamodule = build(OmegaConf.create(self.metadata["data"]), "data")
         record = self.metadata.get("preprocessing")  # absent in files exported before it was recorded
-        try:
-            datamodule.follow_weights(Preprocessing.from_record(record) if isinstance(record, dict) else None)
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"{self.path}: its preprocessing record is malformed ({err}). Export it again") from err
+        datamodule.follow_weights(Preprocessing.from_record(record) if isinstance(record, dict) else None)
         return datamodule.file_transform()
 
     def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
