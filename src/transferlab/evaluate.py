@@ -40,9 +40,10 @@ def _test(cfg: DictConfig) -> dict[str, float]:
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
     # data=<name> on the command line is the user's own config; otherwise the run's, as checked data
-    datamodule = build(cfg.data, "data") if cfg.get("data") is not None else checkpoint.build_datamodule()
-    datamodule.record_skipped_files_in(output_dir() / "skipped_files")
     model = checkpoint.build_task()
+    datamodule = build(cfg.data, "data") if cfg.get("data") is not None else checkpoint.build_datamodule()
+    datamodule.follow_weights(model.preprocessing)  # the eval resize the run used, unless data.* sets it
+    datamodule.record_skipped_files_in(output_dir() / "skipped_files")
     loggers = instantiate_named(cfg.get("logger"), "logger")
     with finishing(loggers):
         trainer = build_trainer(cfg, [], loggers)

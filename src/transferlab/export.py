@@ -44,7 +44,7 @@ EXAMPLE_BATCH = 2
 def export_spec(checkpoint: CheckedCheckpoint) -> tuple[ExportSpec, dict[str, Any]]:
     """The task's inference model and the metadata written with it (the task's, plus what every model needs)."""
     task = checkpoint.build_task().eval()
-    prepare = checkpoint.build_datamodule().file_transform()
+    prepare = checkpoint.build_datamodule(task.preprocessing).file_transform()
     files = torch.randint(0, 256, (EXAMPLE_BATCH, 3, *EXAMPLE_SIZE), dtype=torch.uint8, generator=_seeded())
     example = torch.stack([prepare(file) for file in files]).float() / 255
     spec = task.export_module(example)
@@ -53,6 +53,7 @@ def export_spec(checkpoint: CheckedCheckpoint) -> tuple[ExportSpec, dict[str, An
         **spec.metadata,
         "task": checkpoint.config["model"]["_target_"],
         "data": checkpoint.config["data"],  # how tl-predict prepares a file (checked like a checkpoint's)
+        "preprocessing": task.preprocessing.record() if task.preprocessing is not None else None,  # and its resize
         "inputs": list(spec.inputs),
         "output": spec.output,
         "checkpoint": checkpoint.path.name,

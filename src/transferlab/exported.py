@@ -106,9 +106,13 @@ class OnnxModel:
 
     def file_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Each file prepared as the run's test images were (the stored data config's datamodule)."""
+        from transferlab.backbones import Preprocessing
         from transferlab.runner import build
 
-        return build(OmegaConf.create(self.metadata["data"]), "data").file_transform()
+        datamodule = build(OmegaConf.create(self.metadata["data"]), "data")
+        record = self.metadata.get("preprocessing")  # absent in files exported before it was recorded
+        datamodule.follow_weights(Preprocessing.from_record(record) if isinstance(record, dict) else None)
+        return datamodule.file_transform()
 
     def predictor(self, prepare: Callable[[torch.Tensor], torch.Tensor], options: PredictOptions) -> Predictor:
         """The predictor the exported task would build: a class table for logits, image files for an image."""

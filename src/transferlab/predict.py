@@ -110,7 +110,7 @@ def build_predictor(cfg: DictConfig, options: PredictOptions) -> Predictor:
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device.replace("auto", "cpu")
     )
     task = checkpoint.build_task().eval().to(device)
-    return task.predictor(checkpoint.build_datamodule().file_transform(), options)
+    return task.predictor(checkpoint.build_datamodule(task.preprocessing).file_transform(), options)
 
 
 def run(cfg: DictConfig) -> Path:

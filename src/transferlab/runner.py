@@ -57,6 +57,15 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise UserError(f"invalid {key} settings: {describe(cause)}. Check the {key}.* overrides") from err
 
 
+def expected_preprocessing(model: dict[str, Any]) -> Any:
+    """What the task of resolved ``model`` config expects of its inputs (its class's `expected_preprocessing`;
+    None when it has nothing to follow), known before the task or the data are built."""
+    from hydra.utils import get_class
+
+    resolve = getattr(get_class(model["_target_"]), "expected_preprocessing", None)  # a trusted non-transferlab task
+    return resolve(model) if resolve is not None else None
+
+
 def instantiate_named(group: DictConfig | None, key: str = "callbacks") -> list[Any]:
     """Instantiate a dict of named configs (``callbacks``/``logger``); a null entry switches one off."""
     if not group:

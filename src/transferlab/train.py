@@ -20,12 +20,13 @@ from transferlab import __version__, api
 from transferlab.api import callable_module
 from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
 from transferlab.cli import deleted_at_clean_end, hydra_app
-from transferlab.console import header, quiet, results_line
+from transferlab.console import header, inputs_line, quiet, results_line
 from transferlab.constants import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
 from transferlab.loggers import finishing, log_final_metrics, start_runs
 from transferlab.runner import (
     build,
     build_trainer,
+    expected_preprocessing,
     finished_summary,
     instantiate_named,
     is_multirun,
@@ -79,9 +80,13 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         pl.seed_everything(cfg.seed, workers=True)
 
     config = resolved(cfg)
+    # what the weights expect of their inputs, known before the data is set up: it may leave its eval resize to them
+    preprocessing = expected_preprocessing(config["model"])
     datamodule = build(cfg.data, "data")
+    datamodule.follow_weights(preprocessing)
     datamodule.record_skipped_files_in(job_dir / "skipped_files")
-    model = build(cfg.model, "model", **datamodule.task_args())
+    resolved_inputs = {"preprocessing": preprocessing.record()} if preprocessing is not None else {}
+    model = build(cfg.model, "model", **datamodule.task_args(), **resolved_inputs)
     model.run_record = {"config": config, "version": __version__}  # stored in every checkpoint
     if stored is not None and (why := stored.mismatch(model, cfg.model._target_)) is not None:
         raise UserError(
@@ -101,6 +106,8 @@ def _train_and_test(cfg: DictConfig) -> float | None:
         datamodule.per_device_batch_size()  # fail on an indivisible global batch before any process starts
         if trainer.is_global_zero and not cfg.get("verbose", False):
             print(header(cfg, trainer, job_dir, cpu_record(getattr(datamodule, "num_workers", None))), flush=True)
+            if preprocessing is not None:
+                print(inputs_line(preprocessing, datamodule.preprocessing_record()), flush=True)
         start_runs(trainer.loggers, flatten(config), list(cfg.get("tags", [])))  # listed by the trackers from now on
 
         metrics: dict[str, float] = {}
@@ -136,6 +143,9 @@ def _train_and_test(cfg: DictConfig) -> float | None:
             "best_checkpoint": best_path or None,
             "tested_checkpoint": (test_ckpt or "final weights") if cfg.test else None,
             "skipped_files": datamodule.skipped_files(),
+            "preprocessing": (
+                {**preprocessing.record(), **datamodule.preprocessing_record()} if preprocessing is not None else None
+            ),
             "resumed_from": ckpt_path if cfg.train else None,
             "wall_time_s": round(time.time() - started, 2),
             "cpu": cpu_record(getattr(datamodule, "workers_used", None)),  # threads, loader workers, their source

@@ -247,11 +247,14 @@ class CheckedCheckpoint:
                 return f"parameter {name} has shape {list(state[name].shape)} there, {list(tensor.shape)} here"
         return None
 
-    def build_datamodule(self) -> Any:
-        """The datamodule of the run that wrote the checkpoint."""
+    def build_datamodule(self, preprocessing: Any = None) -> Any:
+        """The datamodule of the run that wrote the checkpoint, following `preprocessing` (the task's
+        `backbones.Preprocessing`) where its config leaves the eval resize to the weights."""
         from transferlab.runner import build
 
-        return build(OmegaConf.create(self.config["data"]), "data")
+        datamodule = build(OmegaConf.create(self.config["data"]), "data")
+        datamodule.follow_weights(preprocessing)
+        return datamodule
 
 
 def open_checkpoint(path: Path, trusted: Iterable[str] = ()) -> CheckedCheckpoint:

@@ -17,7 +17,7 @@ import abc
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +33,9 @@ from transferlab.data.resumable import ResumableLoader
 from transferlab.utils.errors import UserError, one_line
 from transferlab.utils.seeding import stream_seed
 from transferlab.utils.threads import loader_workers
+
+if TYPE_CHECKING:
+    from transferlab.backbones import Preprocessing
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -225,6 +228,15 @@ class BatchedDataModule(pl.LightningDataModule):
     # -- the protocol tasks, tl-train and tl-predict rely on (defaults fit data without classes) ----------
     def task_args(self) -> dict[str, Any]:
         """Constructor arguments a task derives from the data (never hard-coded in a model config)."""
+        return {}
+
+    def follow_weights(self, preprocessing: Preprocessing | None) -> None:
+        """What the model's weights expect of their inputs (`backbones.Preprocessing`; None: nothing to follow).
+        tl-train, tl-eval, tl-predict and tl-export call it before the data is set up; a datamodule whose config
+        leaves a setting to the weights (``data.resize_ratio: null``) takes it from here. By default none is."""
+
+    def preprocessing_record(self) -> dict[str, Any]:
+        """What this data's preprocessing took from where (the run's header and ``metrics.json``); {}: nothing."""
         return {}
 
     def file_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:

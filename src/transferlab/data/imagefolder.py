@@ -19,7 +19,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from transferlab.constants import IMAGE_EXTENSIONS
+from transferlab.constants import DEFAULT_RESIZE_RATIO, IMAGE_EXTENSIONS
 from transferlab.data.base import (
     BatchedDataModule,
     ClassificationDataModule,
@@ -41,6 +41,9 @@ from transferlab.data.images import BadFiles, SkippingLoader, decode_rgb
 from transferlab.data.jpeg_batches import EncodedImages, TrainCrops, collate_encoded, decode_batch, eval_crops
 from transferlab.utils.errors import UserError
 from transferlab.utils.io import atomic_open
+
+if TYPE_CHECKING:
+    from transferlab.backbones import Preprocessing
 
 DECODE_MODES = (None, "cpu", "device")
 CACHE_FORMAT = "transferlab-imagefolder-cache"
@@ -175,13 +178,16 @@ def auto_image_size(root: str) -> int:
 class ImageFolderDataModule(ClassificationDataModule):
     """Datasets laid out as one sub-folder per class, for a user's own data or ImageNet.
 
-    With `cache` (a size in px) the images come from the pre-resized cache of that size, in memory.
+    With `cache` (a size in px) the images come from the pre-resized cache of that size, in memory. Evaluation
+    resizes the short side to ``image_size * resize_ratio`` and centre-crops; ``resize_ratio`` null follows the
+    model's weights (`follow_weights`: 1 / crop_pct for timm, resize / crop size for torchvision), 256/224 when
+    nothing says.
     """
 
     def __init__(
         self,
         root: str,
-        resize_ratio: float,
+        resize_ratio: float | None = None,
         cache: int | None = None,
         decode: str | None = None,
         on_bad_file: str = "skip",
@@ -192,11 +198,29 @@ class ImageFolderDataModule(ClassificationDataModule):
         if decode not in DECODE_MODES:
             raise UserError(f"data.decode must be one of {', '.join(map(str, DECODE_MODES))}, got '{decode}'")
         self.root = Path(root).expanduser()
-        self.resize_ratio = resize_ratio
+        if resize_ratio is not None and (isinstance(resize_ratio, bool) or not resize_ratio >= 1):
+            raise UserError(
+                f"data.resize_ratio must be >= 1 (eval resizes the short side to image_size * ratio, then crops "
+                f"image_size), got {resize_ratio}. Use null to follow the weights"
+            )
+        self.resize_ratio = DEFAULT_RESIZE_RATIO if resize_ratio is None else float(resize_ratio)
+        self.resize_source = "ImageNet's 256/224" if resize_ratio is None else "data.resize_ratio"
+        self._resize_from_weights = resize_ratio is None
         self.cache = cache
         self.decode = decode
         self._cache: dict[str, Any] | None = None
         self._train_crops: TrainCrops | None = None
+
+    def follow_weights(self, preprocessing: Preprocessing | None) -> None:
+        """``data.resize_ratio: null``: the eval resize the weights expect (before `setup`, which applies it)."""
+        if self._resize_from_weights and preprocessing is not None:
+            if self._splits:
+                raise RuntimeError("follow_weights after setup: the eval transforms are already built")
+            self.resize_ratio = preprocessing.resize_ratio
+            self.resize_source = preprocessing.source
+
+    def preprocessing_record(self) -> dict[str, Any]:
+        return {"eval_resize_ratio": self.resize_ratio, "eval_resize_source": self.resize_source}
 
     def load_split(self, split: str) -> ImageFolder | TensorImageDataset:
         if self.cache is not None:

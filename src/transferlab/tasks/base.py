@@ -27,7 +27,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
-from transferlab.backbones import InputNormalize
+from transferlab.backbones import InputNormalize, Preprocessing
 from transferlab.finetune import Finetune
 from transferlab.loggers import log_image_rows
 from transferlab.upstream.lightning_ddp_kwargs import ddp_kwargs
@@ -113,6 +113,7 @@ class TransferTask(pl.LightningModule, abc.ABC):
         self._loss_sums: dict[str, dict[str, torch.Tensor]] = {}  # stage → loss term → Σ value·batch (device)
         self._loss_counts: dict[str, int] = {}
         self.input_normalize = InputNormalize.from_config(to_plain(input_norm), scale=255)  # null: ImageNet's
+        self.preprocessing: Preprocessing | None = None  # what the pretrained part expects (`expected_preprocessing`)
         self._grid: tuple[str, list[torch.Tensor]] | None = None
         self.run_record: dict[str, Any] | None = None  # set by tl-train: {"config": …, "version": …}
 
@@ -122,6 +123,13 @@ class TransferTask(pl.LightningModule, abc.ABC):
         ``best.ckpt``."""
         if self.run_record is not None:
             checkpoint["transferlab"] = self.run_record
+
+    @classmethod
+    def expected_preprocessing(cls, model: dict[str, Any]) -> Preprocessing | None:
+        """What this task's pretrained part expects of its inputs, from its (resolved) ``model`` config, before the
+        task is built: tl-train hands it to the datamodule (`follow_weights`) and to the task as
+        ``preprocessing=<record>``, so a task that returns one takes that argument. None: nothing to follow."""
+        return None
 
     # -- what subclasses write ---------------------------------------------------------------------
     @abc.abstractmethod

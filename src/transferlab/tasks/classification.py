@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from transferlab.backbones import InputNormalize, build_backbone, first_layers
+from transferlab.backbones import InputNormalize, Preprocessing, build_backbone, expected_preprocessing, first_layers
 from transferlab.inference import BATCH_AXIS, LOGITS, ClassTable, ExportSpec, PredictOptions, Predictor
 from transferlab.loggers import log_figure
 from transferlab.tasks.base import TransferTask
@@ -24,8 +24,11 @@ from transferlab.utils.errors import UserError
 class ClassificationTask(TransferTask):
     """Backbone features → dropout → [hidden Linear-ReLU] → linear head over ``num_classes`` (from the datamodule).
 
-    ``input_norm`` ({mean, std}; null = ImageNet's) is the input normalisation, inside the model for training,
-    reloading, tl-predict and tl-export alike. ``head_hidden`` (null or a width) puts a hidden layer in the head.
+    ``input_norm`` ({mean, std}; null = what the backbone's source weights expect, `expected_preprocessing`) is
+    the input normalisation, inside the model for training, reloading, tl-predict and tl-export alike. The
+    resolved choice is ``preprocessing`` (a `Preprocessing` record): tl-train passes it (from
+    `expected_preprocessing`, as it hands it to the datamodule), a checkpoint stores it, and a checkpoint from
+    before it was recorded means ImageNet's. ``head_hidden`` (null or a width) puts a hidden layer in the head.
 
     Training batches can be mixed (MixUp/CutMix, ``mixup_alpha``/``cutmix_alpha`` > 0).
     Logs ``{stage}/loss``, ``{stage}/acc`` (top-1), ``{stage}/acc_top5`` (with ≥ 5 classes), per-class
@@ -48,17 +51,27 @@ class ClassificationTask(TransferTask):
         channels_last: bool | None = None,
         input_norm: dict[str, Any] | None = None,
         head_hidden: int | None = None,
+        preprocessing: dict[str, Any] | None = None,
         load_source_weights: bool = True,
     ) -> None:
         backbone, optimizer, scheduler, finetune, input_norm = map(
             to_plain, (backbone, optimizer, scheduler, finetune, input_norm)
         )
-        super().__init__(optimizer, scheduler, finetune, compile, channels_last, input_norm)
+        if preprocessing is not None:  # resolved by tl-train, or read back from a checkpoint
+            resolved = Preprocessing.from_record(to_plain(preprocessing))
+        elif load_source_weights:
+            resolved = self.expected_preprocessing({"backbone": backbone, "input_norm": input_norm})
+        else:  # a checkpoint from before the choice was recorded: it trained on ImageNet's (or its input_norm)
+            resolved = Preprocessing.imagenet("the checkpoint records none")
+            resolved = resolved.with_norm(input_norm) if input_norm is not None else resolved
+        super().__init__(optimizer, scheduler, finetune, compile, channels_last, resolved.norm())
+        self.preprocessing = resolved
         if num_classes < 2:
             raise UserError(f"classification needs at least 2 classes, the data has {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["load_source_weights"], logger=False)
+        self.hparams["preprocessing"] = resolved.record()  # in every checkpoint: what reloading uses
         source = backbone.get("weights") if load_source_weights else None
         transfer_layers = backbone.get("transfer_layers")
         copied = transfer_layers if load_source_weights else None  # reloading: the checkpoint has every layer
@@ -86,6 +99,15 @@ class ClassificationTask(TransferTask):
         self.per_class = nn.ModuleDict({s: PerClassAccuracy(num_classes) for s in ("val", "test")})
         self.confusion = nn.ModuleDict({s: ConfusionMatrix(num_classes, validate_args=False) for s in ("val", "test")})
 
+    @classmethod
+    def expected_preprocessing(cls, model: dict[str, Any]) -> Preprocessing:
+        """What the backbone's source weights expect; an explicit ``input_norm`` (checked) wins for mean/std."""
+        backbone, input_norm = model["backbone"], model.get("input_norm")
+        if input_norm is not None:
+            InputNormalize.from_config(input_norm)  # one line naming the key when malformed
+        expected = expected_preprocessing(backbone["name"], backbone.get("weights"), backbone.get("kwargs"))
+        return expected.with_norm(input_norm) if input_norm is not None else expected
+
     @staticmethod
     def _metrics(num_classes: int) -> MetricCollection:
         # validate_args=False: the checks compare tensor values on the host (a device sync per update); the
@@ -112,7 +134,7 @@ class ClassificationTask(TransferTask):
 
     def export_module(self, example: torch.Tensor) -> ExportSpec:
         """[0, 1] images of the prepared size (any batch) → logits; the input normalisation is inside the model."""
-        normalize = InputNormalize.from_config(self.hparams.input_norm)  # the [0, 1] scale exports take
+        normalize = InputNormalize.from_config(self.preprocessing.norm())  # the [0, 1] scale exports take
         module = nn.Sequential(normalize, self.backbone, self.head)
         return ExportSpec(module, {"image": example}, LOGITS, {"image": BATCH_AXIS}, {"class_names": self.class_names})
 
