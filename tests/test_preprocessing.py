@@ -194,6 +194,22 @@ def test_checkpoint_without_a_record_means_imagenets(make_cfg, tmp_path: Path, t
     assert expected_preprocessing(VIT, str(old)).mean == IMAGENET_MEAN  # nor does transferring from it
 
 
+def test_resuming_a_checkpoint_without_a_record_keeps_imagenets(make_cfg, timm_without_download) -> None:
+    """A run interrupted before the choice was recorded goes on with the statistics it started with, not with what
+    its weights' tag expects (which would change its inputs mid-training)."""
+    vit = [f"model.backbone.name={VIT}", "model.backbone.weights=augreg_in21k", "+model.backbone.kwargs.img_size=32"]
+    first = make_cfg(*vit, *BRIEF, "callbacks.model_checkpoint.keep_last=true", out="first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    blob = torch.load(last, weights_only=True)
+    assert blob["hyper_parameters"].pop("preprocessing")["mean"] == list(HALF)
+    torch.save(blob, last)  # as a run from before the record wrote it
+    resumed = make_cfg(*vit, *BRIEF, f"ckpt_path={last}", "trainer.max_epochs=2", out="resumed")
+    train(resumed)
+    recorded = json.loads((Path(resumed.paths.output_dir) / "metrics.json").read_text())["preprocessing"]
+    assert recorded["mean"] == pytest.approx(IMAGENET_MEAN) and "records none" in recorded["source"]
+
+
 def test_explicit_input_norm_wins_and_the_resize_still_follows_the_weights() -> None:
     norm = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
     backbone = {"name": VIT, "weights": "augreg_in21k"}

@@ -22,6 +22,7 @@ from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
 from transferlab.cli import deleted_at_clean_end, hydra_app
 from transferlab.console import header, inputs_line, quiet, results_line
 from transferlab.constants import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
+from transferlab.backbones import checkpoint_preprocessing
 from transferlab.loggers import finishing, log_final_metrics, start_runs
 from transferlab.runner import (
     build,
@@ -82,6 +83,8 @@ def _train_and_test(cfg: DictConfig) -> float | None:
     config = resolved(cfg)
     # what the weights expect of their inputs, known before the data is set up: it may leave its eval resize to them
     preprocessing = expected_preprocessing(config["model"])
+    if preprocessing is not None and stored is not None:  # resumed or tested: what that checkpoint's model ran on
+        preprocessing = checkpoint_preprocessing(stored.path)
     datamodule = build(cfg.data, "data")
     datamodule.follow_weights(preprocessing)
     datamodule.record_skipped_files_in(job_dir / "skipped_files")
