@@ -18,11 +18,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferlab import __version__, api
 from transferlab.api import callable_module
+from transferlab.backbones import checkpoint_preprocessing
 from transferlab.callbacks import ModelCheckpoint as RunCheckpoint
 from transferlab.cli import deleted_at_clean_end, hydra_app
 from transferlab.console import header, inputs_line, quiet, results_line
 from transferlab.constants import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE
-from transferlab.backbones import checkpoint_preprocessing
 from transferlab.loggers import finishing, log_final_metrics, start_runs
 from transferlab.runner import (
     build,
