@@ -85,6 +85,7 @@ def compose_cfg(out: Path, batch_size: int, steps: int, overrides: list[str]) ->
                 "model.backbone.weights=null",
                 "model.scheduler=null",
                 "callbacks.early_stopping=null",  # acts only after validation, which this window never reaches
+                "cpu_threads=1",  # as the hand-written side runs (main); the default would take every granted core
                 *overrides,
             ],
             return_hydra_config=True,
