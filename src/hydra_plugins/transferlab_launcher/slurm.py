@@ -46,6 +46,11 @@ class MissingExtraLauncher(Launcher):
     anyway ends in the one line naming the extra (the CLI's preflight says it first)."""
 
     def __init__(self, **_params: Any) -> None:
+        self.refuse()
+
+    @staticmethod
+    def refuse() -> None:
+        """End the process in the one line naming the ``[slurm]`` extra."""
         from transferlab.utils.errors import UserError
         from transferlab.utils.extras import require_slurm
 
@@ -55,11 +60,11 @@ class MissingExtraLauncher(Launcher):
             SlurmLauncher.fail(str(err))
         SlurmLauncher.fail("hydra/launcher=slurm could not load hydra-submitit-launcher. Reinstall the [slurm] extra")
 
-    def setup(self, **_kwargs: Any) -> None:  # never reached: __init__ ends the process
-        raise NotImplementedError
+    def setup(self, **_kwargs: Any) -> None:  # __init__ already ended the process; refuse again if ever reached
+        self.refuse()
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:  # never reached
-        raise NotImplementedError
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        self.refuse()
 
 
 try:  # the [slurm] extra
