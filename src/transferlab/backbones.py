@@ -27,6 +27,7 @@ take the source weights; the rest keep a random initialisation.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -174,11 +175,13 @@ def expected_preprocessing(name: str, weights: str | None, kwargs: dict[str, Any
     return BUILDERS[library].preprocessing(arch, weights)
 
 
-def checkpoint_preprocessing(path: Path) -> Preprocessing:
+def checkpoint_preprocessing(path: Path, data: bytes | None = None) -> Preprocessing:
     """What the run that wrote transferlab checkpoint `path` used: its recorded preprocessing, else its explicit
-    ``input_norm``, else (a checkpoint from before either was recorded) ImageNet's."""
+    ``input_norm``, else (a checkpoint from before either was recorded) ImageNet's. `data`: the file's bytes when
+    already read (and checked), so the file is not read again."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        source = io.BytesIO(data) if data is not None else path
+        blob = torch.load(source, map_location="cpu", weights_only=True, mmap=data is None)
     except Exception:  # unreadable: building the backbone from it says why, in one line
         return Preprocessing.imagenet(f"{path.name} could not be read")
     hparams = blob.get("hyper_parameters") if isinstance(blob, dict) else None

@@ -84,7 +84,7 @@ def _train_and_test(cfg: DictConfig) -> float | None:
     # what the weights expect of their inputs, known before the data is set up: it may leave its eval resize to them
     preprocessing = expected_preprocessing(config["model"])
     if preprocessing is not None and stored is not None:  # resumed or tested: what that checkpoint's model ran on
-        preprocessing = checkpoint_preprocessing(stored.path)
+        preprocessing = checkpoint_preprocessing(stored.path, stored.data)
     datamodule = build(cfg.data, "data")
     datamodule.follow_weights(preprocessing)
     datamodule.record_skipped_files_in(job_dir / "skipped_files")
